@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from zoo.data import Split, batches, epoch_order, num_batches
+
+
+def make_split(n: int) -> Split:
+    return Split(np.arange(n, dtype=np.float32)[:, None] * 10, np.arange(n, dtype=np.int32))
+
+
+@pytest.mark.parametrize(
+    "n, size, remainder, expected_sizes",
+    [
+        (10, 4, "drop", [4, 4]),
+        (10, 4, "keep", [4, 4, 2]),
+        (10, 4, "pad", [4, 4, 4]),
+        (8, 4, "pad", [4, 4]),
+        (3, 5, "drop", []),
+        (3, 5, "pad", [5]),
+    ],
+)
+def test_remainder_modes(n, size, remainder, expected_sizes):
+    out = list(batches(make_split(n), size, seed=1, remainder=remainder))
+    assert [len(b.y) for b in out] == expected_sizes
+    assert num_batches(n, size, remainder) == len(expected_sizes)
+    real = np.concatenate([b.y[b.mask] for b in out]) if out else np.array([])
+    assert len(real) == (n if remainder != "drop" else n // size * size)
+    assert len(set(real.tolist())) == len(real)  # no example twice in one epoch
+    for b in out:
+        np.testing.assert_array_equal(b.x[:, 0], b.y * 10)  # x and y stay paired
+
+
+def test_padding_rows_are_masked_and_valid_examples():
+    out = list(batches(make_split(5), 4, remainder="pad"))
+    np.testing.assert_array_equal(out[-1].mask, [True, False, False, False])
+    assert out[-1].y[1:].tolist() == [0, 0, 0]
+
+
+def test_order_is_a_pure_function_of_seed_and_epoch():
+    split = make_split(50)
+    first = [b.y for b in batches(split, 10, seed=3, epoch=2)]
+    again = [b.y for b in batches(split, 10, seed=3, epoch=2)]
+    np.testing.assert_array_equal(first, again)
+    other_epoch = np.concatenate([b.y for b in batches(split, 10, seed=3, epoch=3)])
+    assert not np.array_equal(np.concatenate(first), other_epoch)
+    np.testing.assert_array_equal(np.concatenate(first), epoch_order(50, seed=3, epoch=2))
+    unshuffled = np.concatenate([b.y for b in batches(split, 10)])
+    np.testing.assert_array_equal(unshuffled, np.arange(50))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        next(batches(make_split(3), 0))
+    with pytest.raises(ValueError, match="remainder must be"):
+        next(batches(make_split(3), 2, remainder="wrap"))

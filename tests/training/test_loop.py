@@ -1,0 +1,112 @@
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from zoo import data, models
+from zoo.data.splits import Dataset, Split
+from zoo.training import (
+    ConfigError,
+    TrainConfig,
+    create_train_state,
+    evaluate,
+    loss_fn,
+    train_and_evaluate,
+    train_step,
+)
+from zoo.training.loop import check_dataset
+
+pytest.importorskip("sklearn")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load_digits(seed=0)
+
+
+def test_training_on_digits_lowers_the_loss(digits):
+    config = TrainConfig(batch_size=32, seed=0)
+    model = models.create("cnn")
+    state = create_train_state(model, config, digits.input_shape)
+    before = evaluate(state, digits.validation, 64, 10)
+    for epoch in range(2):
+        for batch in data.batches(digits.train, 32, seed=0, epoch=epoch):
+            state, _ = train_step(state, batch)
+    after = evaluate(state, digits.validation, 64, 10)
+    assert int(state.step) == 2 * (len(digits.train.x) // 32)
+    assert after["loss"] < 0.5 * before["loss"]
+    assert after["accuracy"] > before["accuracy"] + 0.3
+
+
+def test_train_step_updates_batch_norm_statistics_and_uses_dropout(digits):
+    model = models.create("convnet", input_shape=(28, 28, 1), batch_norm=True, dropout=0.5)
+    state = create_train_state(model, TrainConfig(), digits.input_shape)
+    batch = next(data.batches(digits.train, 16))
+    loss_a = loss_fn(state.params, state, batch, jax.random.key(1))[0]
+    loss_b = loss_fn(state.params, state, batch, jax.random.key(2))[0]
+    assert float(loss_a) != float(loss_b)  # dropout draws from the step's key
+    stats_before = jax.tree.map(np.asarray, state.batch_stats)
+    state, metrics = train_step(state, batch)
+    assert float(metrics["count"]) == 16
+    changed = jax.tree.map(lambda a, b: not np.allclose(a, b), stats_before, state.batch_stats)
+    assert all(jax.tree.leaves(changed))
+
+
+def test_train_and_evaluate_writes_metrics(tmp_path):
+    config = TrainConfig(epochs=1, batch_size=64)
+    lines = []
+    results = train_and_evaluate(config, str(tmp_path), log=lines.append)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(results))
+    for key in (
+        "model",
+        "dataset",
+        "epochs",
+        "test_accuracy",
+        "test_macro_f1",
+        "train_seconds",
+        "examples_per_second",
+    ):
+        assert key in written
+    assert written["steps"] == 1258 // 64
+    assert np.sum(written["test_confusion_matrix"]) == 359
+    assert any(line.startswith("epoch   1/1") for line in lines)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def _dataset(train_x, train_y, num_classes=10) -> Dataset:
+    empty = Split(train_x[:0], train_y[:0])
+    return Dataset(Split(train_x, train_y), empty, empty, num_classes)
+
+
+@pytest.mark.parametrize(
+    "dataset, config, match",
+    [
+        (_dataset(np.zeros((0, 4, 4, 1)), np.zeros(0, int)), TrainConfig(), "empty training split"),
+        (
+            _dataset(np.zeros((5, 4, 4, 1)), np.zeros(5, int)),
+            TrainConfig(batch_size=8),
+            "batch_size 8 is larger than the 5 training examples",
+        ),
+        (
+            _dataset(np.zeros((5, 4, 4, 1)), np.array([0, 1, 2, 3, 12])),
+            TrainConfig(batch_size=2),
+            r"train labels must be in \[0, 10\), found 0..12",
+        ),
+        (
+            _dataset(np.full((5, 4, 4, 1), np.nan), np.zeros(5, int)),
+            TrainConfig(batch_size=2),
+            "NaN or infinite inputs",
+        ),
+    ],
+)
+def test_check_dataset_rejects_untrainable_data(dataset, config, match):
+    with pytest.raises(ConfigError, match=match):
+        check_dataset(dataset, config)
+
+
+def test_model_options_cannot_override_dataset_shape(tmp_path):
+    config = TrainConfig(model_options={"num_classes": 3})
+    with pytest.raises(ConfigError, match="may not set num_classes"):
+        train_and_evaluate(config, str(tmp_path))

@@ -1,0 +1,152 @@
+"""Convolutional classifiers: the Keras MNIST CNN and a configurable conv stack.
+
+Every model takes channels-last input `(*batch, *input_shape)` with any number of leading batch axes
+(none included, so `jax.vmap` over single examples works) and returns logits `(*batch, classes)`.
+Call them the Flax way:
+
+    model = zoo.models.create("cnn")
+    variables = model.init(key, x)                 # pure: a pytree of arrays
+    logits = model.apply(variables, x)             # eval mode
+    logits, updates = model.apply(variables, x, train=True,
+                                  rngs={"dropout": key}, mutable=["batch_stats"])
+"""
+
+from collections.abc import Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from zoo.layers.conv import ACTIVATIONS, POOLS, ResidualBlock, activation, max_pool
+
+
+def check_input(x: jax.Array, input_shape: Sequence[int], model: str) -> jax.Array:
+    """Checks `x` is floating point `(*batch, *input_shape)`; returns it as `(N, *input_shape)`."""
+    x = jnp.asarray(x)
+    expected = "(batch, " + ", ".join(map(str, input_shape)) + ")"
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(
+            f"{model} expects floating-point input of shape {expected}, got dtype {x.dtype}; "
+            "scale images to floats first, e.g. x.astype(jnp.float32) / 255"
+        )
+    chex.assert_shape(
+        x,
+        (..., *input_shape),
+        custom_message=f"{model} expects input of shape {expected}",
+        exception_type=ValueError,
+    )
+    return x.reshape(-1, *input_shape)
+
+
+def _unflatten(logits: jax.Array, x: jax.Array, input_shape: Sequence[int]) -> jax.Array:
+    batch_shape = jnp.shape(x)[: jnp.ndim(x) - len(input_shape)]
+    return logits.reshape(*batch_shape, logits.shape[-1])
+
+
+class SeedCNN(nn.Module):
+    """The Keras MNIST CNN (keras.io, "Simple MNIST convnet" / TF "CNN" tutorial).
+
+    Conv(32, 3x3, relu) - MaxPool(2) - Conv(64, 3x3, relu) - MaxPool(2) - Conv(64, 3x3, relu)
+    - Flatten - Dense(64, relu) - Dense(num_classes). 'VALID' convolutions, as in Keras; on 28x28x1
+    input that is 93,322 parameters for 10 classes.
+    """
+
+    num_classes: int = 10
+    input_shape: Sequence[int] = (28, 28, 1)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        del train  # no dropout or batch norm; kept so every model has one call signature
+        h = check_input(x, self.input_shape, "cnn")  # (B, 28, 28, 1)
+        h = nn.relu(nn.Conv(32, (3, 3), padding="VALID")(h))  # (B, 26, 26, 32)
+        h = max_pool(h, 2)  # (B, 13, 13, 32)
+        h = nn.relu(nn.Conv(64, (3, 3), padding="VALID")(h))  # (B, 11, 11, 64)
+        h = max_pool(h, 2)  # (B, 5, 5, 64)
+        h = nn.relu(nn.Conv(64, (3, 3), padding="VALID")(h))  # (B, 3, 3, 64)
+        h = h.reshape(h.shape[0], -1)  # (B, 576)
+        h = nn.relu(nn.Dense(64)(h))
+        logits = nn.Dense(self.num_classes)(h)  # (B, classes)
+        return _unflatten(logits, x, self.input_shape)
+
+
+class ConvNet(nn.Module):
+    """A configurable Conv1D/Conv2D classifier.
+
+    The rank of `input_shape` picks the convolution: `(T, C)` builds Conv1D stages, `(H, W, C)`
+    Conv2D stages. Each stage is `conv [- batch norm] - activation [- pool] [- dropout]`, or with
+    `residual=True` a two-convolution `ResidualBlock` in place of the conv. Then flatten, the
+    `dense` hidden layers (each followed by dropout) and the logits. Convolutions use 'SAME'
+    padding so any stage count fits any input that survives its pooling.
+
+    Attributes:
+      input_shape: one example's shape, channels last.
+      num_classes: number of logits.
+      features: output channels of each stage.
+      kernel_size: convolution width along every spatial axis.
+      pool: 'max', 'avg' or None (no pooling).
+      pool_size: pooling window and stride.
+      activation: 'relu', 'tanh', 'sigmoid' or 'gelu'.
+      batch_norm: batch norm after each convolution (batch statistics in training, running
+        averages in evaluation).
+      dropout: drop rate after each stage and hidden dense layer; active only with `train=True`.
+      residual: residual blocks instead of single convolutions.
+      dense: widths of the hidden dense layers.
+    """
+
+    input_shape: Sequence[int]
+    num_classes: int = 10
+    features: Sequence[int] = (32, 64)
+    kernel_size: int = 3
+    pool: str | None = "max"
+    pool_size: int = 2
+    activation: str = "relu"
+    batch_norm: bool = False
+    dropout: float = 0.0
+    residual: bool = False
+    dense: Sequence[int] = (64,)
+
+    def __post_init__(self):
+        if len(self.input_shape) not in (2, 3):
+            raise ValueError(
+                f"convnet input_shape must be (steps, channels) for Conv1D or (height, width, "
+                f"channels) for Conv2D, got {tuple(self.input_shape)}"
+            )
+        if self.pool is not None and self.pool not in POOLS:
+            raise ValueError(f"unknown pool {self.pool!r}; choose from: {', '.join(POOLS)}, None")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {self.activation!r}; choose from: {', '.join(ACTIVATIONS)}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.features or min(self.features) < 1:
+            raise ValueError(f"features must be positive channel counts, got {self.features}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        act = activation(self.activation)
+        kernel = (self.kernel_size,) * (len(self.input_shape) - 1)
+        h = check_input(x, self.input_shape, "convnet")  # (B, *spatial, C)
+        for features in self.features:
+            if self.residual:
+                h = ResidualBlock(features, kernel, self.activation, self.batch_norm)(
+                    h, train=train
+                )
+            else:
+                h = nn.Conv(features, kernel, padding="SAME", use_bias=not self.batch_norm)(h)
+                if self.batch_norm:
+                    h = nn.BatchNorm(use_running_average=not train)(h)
+                h = act(h)
+            if self.pool is not None:
+                h = POOLS[self.pool](h, self.pool_size)
+            if self.dropout:
+                h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = h.reshape(h.shape[0], -1)  # (B, features)
+        for width in self.dense:
+            h = act(nn.Dense(width)(h))
+            if self.dropout:
+                h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        logits = nn.Dense(self.num_classes)(h)  # (B, classes)
+        return _unflatten(logits, x, self.input_shape)
