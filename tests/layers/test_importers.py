@@ -1,0 +1,141 @@
+"""Parity: zoo's StackedRNN with imported weights equals torch.nn.LSTM/GRU and Keras LSTM/GRU."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from zoo.layers.importers import from_keras, from_torch
+from zoo.layers.recurrent import StackedRNN
+
+B, T, F, H = 4, 6, 3, 5
+LENGTHS = np.array([6, 2, 5, 1])
+X = np.random.default_rng(0).normal(size=(B, T, F)).astype(np.float32)
+TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def zoo_run(params, cell, num_layers, bidirectional, reset_after=True):
+    model = StackedRNN(
+        cell, (H,) * num_layers, bidirectional, return_sequences=True, reset_after=reset_after
+    )
+    return model.apply({"params": params}, X, LENGTHS)
+
+
+def hidden_and_cell(state, cell):
+    return (state.h, state.c) if cell == "lstm" else (state, None)
+
+
+CASES = [
+    (cell, layers, bi) for cell in ("lstm", "gru") for layers in (1, 2, 3) for bi in (False, True)
+]
+
+
+@pytest.mark.parametrize("cell, num_layers, bidirectional", CASES)
+def test_matches_pytorch_with_padded_lengths(cell, num_layers, bidirectional):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    rnn = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(
+        F, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=True
+    )
+    packed = torch.nn.utils.rnn.pack_padded_sequence(
+        torch.from_numpy(X), torch.from_numpy(LENGTHS), batch_first=True, enforce_sorted=False
+    )
+    with torch.no_grad():
+        out, state = rnn(packed)
+    out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)
+    h_n, c_n = state if cell == "lstm" else (state, None)
+
+    outputs, states = zoo_run(from_torch(rnn.state_dict(), cell), cell, num_layers, bidirectional)
+    np.testing.assert_allclose(outputs, out.numpy(), **TOLERANCE)
+    directions = 2 if bidirectional else 1
+    for layer, layer_state in enumerate(states):
+        per_direction = layer_state if bidirectional else (layer_state,)
+        for d, s in enumerate(per_direction):
+            h, c = hidden_and_cell(s, cell)
+            np.testing.assert_allclose(h, h_n[layer * directions + d].numpy(), **TOLERANCE)
+            if cell == "lstm":
+                np.testing.assert_allclose(c, c_n[layer * directions + d].numpy(), **TOLERANCE)
+
+
+KERAS_CASES = [
+    ("lstm", 1, False, True),
+    ("lstm", 2, True, True),
+    ("lstm", 3, False, True),
+    ("gru", 1, False, True),
+    ("gru", 2, True, True),
+    ("gru", 3, False, True),
+    ("gru", 1, True, False),
+    ("gru", 2, False, False),
+]
+
+
+@pytest.mark.parametrize("cell, num_layers, bidirectional, reset_after", KERAS_CASES)
+def test_matches_keras_with_mask(cell, num_layers, bidirectional, reset_after):
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(0)
+    mask = np.arange(T)[None, :] < LENGTHS[:, None]
+    h, weights, final_states = X, [], []
+    for _ in range(num_layers):
+        options = {"return_sequences": True, "return_state": True}
+        if cell == "lstm":
+            layer = keras.layers.LSTM(
+                H, unit_forget_bias=False, bias_initializer="random_normal", **options
+            )
+        else:
+            layer = keras.layers.GRU(
+                H, reset_after=reset_after, bias_initializer="random_normal", **options
+            )
+        if bidirectional:
+            layer = keras.layers.Bidirectional(layer)
+        with jax.numpy_rank_promotion("allow"):  # Keras' own code broadcasts implicitly
+            results = layer(h, mask=mask)
+        h, states = results[0], results[1:]
+        weights.append(layer.get_weights())
+        final_states.append(states)
+
+    params = from_keras(weights, cell, bidirectional=bidirectional, reset_after=reset_after)
+    outputs, states = zoo_run(params, cell, num_layers, bidirectional, reset_after)
+    valid = mask[..., None]
+    np.testing.assert_allclose(outputs * valid, np.asarray(h) * valid, **TOLERANCE)
+    for layer_state, keras_states in zip(states, final_states, strict=True):
+        ours = jax.tree.leaves(layer_state)  # (h, c) per direction, as Keras returns them
+        if cell == "lstm":
+            ours = [
+                leaf
+                for s in (layer_state if bidirectional else (layer_state,))
+                for leaf in (s.h, s.c)
+            ]
+        for a, b in zip(ours, keras_states, strict=True):
+            np.testing.assert_allclose(a, np.asarray(b), **TOLERANCE)
+
+
+def test_torch_importer_errors_name_the_problem():
+    w = np.zeros((12, 3), np.float32)
+    with pytest.raises(ValueError, match="lacks 'weight_hh_l0'"):
+        from_torch({"weight_ih_l0": w}, "lstm")
+    state = {
+        "weight_ih_l0": w,
+        "weight_hh_l0": np.zeros((12, 4)),
+        "bias_ih_l0": np.zeros(12),
+        "bias_hh_l0": np.zeros(12),
+    }
+    with pytest.raises(ValueError, match="12 gate rows do not fit a LSTM of hidden size 4"):
+        from_torch(state, "lstm")
+    assert set(from_torch(state, "gru")["layer_0"]) == {
+        "kernel",
+        "recurrent_kernel",
+        "bias",
+        "recurrent_bias",
+    }
+    with pytest.raises(ValueError, match="unknown cell 'rnn'"):
+        from_torch(state, "rnn")
+
+
+def test_keras_importer_errors_name_the_problem():
+    kernel, recurrent = np.zeros((3, 15)), np.zeros((5, 15))
+    with pytest.raises(ValueError, match="expects \\(2, 15\\)"):
+        from_keras([[kernel, recurrent, np.zeros(15)]], "gru", reset_after=True)
+    with pytest.raises(ValueError, match="expected 6 weight arrays"):
+        from_keras([[kernel, recurrent, np.zeros((2, 15))]], "gru", bidirectional=True)

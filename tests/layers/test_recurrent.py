@@ -1,0 +1,216 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from zoo.layers.recurrent import (
+    LSTMState,
+    Recurrent,
+    StackedRNN,
+    gru_cell,
+    initial_carry,
+    lstm_cell,
+)
+
+B, T, F, H = 3, 5, 4, 2  # distinct sizes so a transposed axis cannot pass
+
+
+def sigmoid(v):
+    return 1 / (1 + np.exp(-v))
+
+
+def numpy_lstm_step(p, h, c, x):
+    """Written from the equations, gate by gate, in float64."""
+    W, U, b = (np.asarray(p[k], np.float64) for k in ("kernel", "recurrent_kernel", "bias"))
+    n = U.shape[0]
+
+    def pre(k):
+        gate = slice(k * n, (k + 1) * n)
+        return x @ W[:, gate] + h @ U[:, gate] + b[gate]
+
+    i, f, g, o = sigmoid(pre(0)), sigmoid(pre(1)), np.tanh(pre(2)), sigmoid(pre(3))
+    c = f * c + i * g
+    return o * np.tanh(c), c
+
+
+def numpy_gru_step(p, h, x, reset_after):
+    W, U, b = (np.asarray(p[k], np.float64) for k in ("kernel", "recurrent_kernel", "bias"))
+    n = U.shape[0]
+    rb = np.asarray(p["recurrent_bias"], np.float64) if reset_after else np.zeros(3 * n)
+    part = lambda m, k: m[..., k * n : (k + 1) * n]  # noqa: E731
+    r = sigmoid(x @ part(W, 0) + part(b, 0) + h @ part(U, 0) + part(rb, 0))
+    z = sigmoid(x @ part(W, 1) + part(b, 1) + h @ part(U, 1) + part(rb, 1))
+    if reset_after:
+        cand = np.tanh(x @ part(W, 2) + part(b, 2) + r * (h @ part(U, 2) + part(rb, 2)))
+    else:
+        cand = np.tanh(x @ part(W, 2) + part(b, 2) + (r * h) @ part(U, 2))
+    return (1 - z) * cand + z * h
+
+
+def random_params(cell, key, features=F, hidden=H, reset_after=True):
+    gates = 4 if cell == "lstm" else 3
+    keys = jax.random.split(key, 4)
+    p = {
+        "kernel": jax.random.normal(keys[0], (features, gates * hidden)),
+        "recurrent_kernel": jax.random.normal(keys[1], (hidden, gates * hidden)),
+        "bias": jax.random.normal(keys[2], (gates * hidden,)),
+    }
+    if cell == "gru" and reset_after:
+        p["recurrent_bias"] = jax.random.normal(keys[3], (gates * hidden,))
+    return p
+
+
+class TestCells(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_lstm_cell_matches_numpy(self):
+        p = random_params("lstm", jax.random.key(0))
+        h, c, x = (
+            np.random.default_rng(i).normal(size=s) for i, s in enumerate([(B, H), (B, H), (B, F)])
+        )
+        (new_h, new_c), y = self.variant(lstm_cell)(p, LSTMState(jnp.array(h), jnp.array(c)), x)
+        ref_h, ref_c = numpy_lstm_step(p, h, c, x)
+        np.testing.assert_allclose(new_h, ref_h, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(new_c, ref_c, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(y, new_h)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_gru_cell_matches_numpy(self):
+        for reset_after in (True, False):
+            p = random_params("gru", jax.random.key(1), reset_after=reset_after)
+            h, x = (
+                np.random.default_rng(0).normal(size=(B, H)),
+                np.random.default_rng(1).normal(size=(B, F)),
+            )
+            cell = self.variant(lambda p, h, x, ra=reset_after: gru_cell(p, h, x, reset_after=ra))
+            new_h, y = cell(p, jnp.array(h), x)
+            np.testing.assert_allclose(
+                new_h, numpy_gru_step(p, h, x, reset_after), rtol=1e-5, atol=1e-6
+            )
+
+
+def layer_params(cell, reset_after=True):
+    layer = Recurrent(cell, H, reset_after=reset_after)
+    return layer, layer.init(jax.random.key(2), jnp.zeros((B, T, F)))
+
+
+@pytest.mark.parametrize("cell, reset_after", [("lstm", True), ("gru", True), ("gru", False)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scanned_layer_matches_python_loop_of_cell(cell, reset_after, reverse):
+    layer = Recurrent(cell, H, reverse=reverse, reset_after=reset_after)
+    x = jax.random.normal(jax.random.key(3), (B, T, F))
+    variables = layer.init(jax.random.key(2), x)
+    final, outputs = jax.jit(layer.apply)(variables, x)
+    p = variables["params"]
+    step = (
+        lstm_cell if cell == "lstm" else lambda p, c, x: gru_cell(p, c, x, reset_after=reset_after)
+    )
+    carry, expected = initial_carry(cell, B, H), [None] * T
+    for t in reversed(range(T)) if reverse else range(T):
+        carry, expected[t] = step(p, carry, x[:, t])
+    np.testing.assert_allclose(outputs, jnp.stack(expected, 1), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(final, carry, rtol=1e-5, atol=1e-6)
+
+
+def test_unroll_gives_the_same_result():
+    x = jax.random.normal(jax.random.key(4), (B, T, F))
+    variables = Recurrent("lstm", H).init(jax.random.key(0), x)
+    rolled = Recurrent("lstm", H).apply(variables, x)
+    unrolled = Recurrent("lstm", H, unroll=4).apply(variables, x)
+    chex.assert_trees_all_close(rolled, unrolled, rtol=1e-6)
+
+
+def test_lstm_forget_bias_starts_at_one():
+    _, variables = layer_params("lstm")
+    bias = variables["params"]["bias"]
+    np.testing.assert_array_equal(bias, np.r_[np.zeros(H), np.ones(H), np.zeros(2 * H)])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_padded_batch_matches_each_sequence_alone(cell, bidirectional):
+    model = StackedRNN(cell, (H, 3), bidirectional=bidirectional, return_sequences=True)
+    lengths = np.array([5, 2, 4])
+    x = np.array(jax.random.normal(jax.random.key(5), (B, T, F)))
+    x[np.arange(T)[None, :] >= lengths[:, None]] = 99.0  # garbage padding must not leak in
+    variables = model.init(jax.random.key(6), x, lengths)
+    outputs, states = model.apply(variables, x, lengths)
+    last, _ = StackedRNN(cell, (H, 3), bidirectional=bidirectional).apply(variables, x, lengths)
+    for i, n in enumerate(lengths):
+        alone, alone_states = model.apply(variables, x[i : i + 1, :n])
+        np.testing.assert_allclose(outputs[i, :n], alone[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(outputs[i, n:], 0.0)
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda s, i=i: s[i], states),
+            jax.tree.map(lambda s: s[0], alone_states),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        alone_last, _ = StackedRNN(cell, (H, 3), bidirectional=bidirectional).apply(
+            variables, x[i : i + 1, :n]
+        )
+        np.testing.assert_allclose(last[i], alone_last[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gradients_through_scan_match_finite_differences(cell):
+    model = StackedRNN(cell, (H,), return_sequences=True)
+    x = jax.random.normal(jax.random.key(7), (2, 4, 3))
+    lengths = jnp.array([4, 2])
+    variables = model.init(jax.random.key(8), x, lengths)
+    loss = lambda params, x: jnp.sum(jnp.sin(model.apply({"params": params}, x, lengths)[0]))  # noqa: E731
+    as64 = lambda t: jax.tree.map(lambda a: np.asarray(a, np.float64), t)  # noqa: E731
+    with jax.enable_x64(True):
+        check_grads(loss, (as64(variables["params"]), as64(x)), order=2, modes=["rev"], eps=1e-4)
+
+
+class TestShapes(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_stacked_shapes(self):
+        for cell in ("lstm", "gru"):
+            for bidirectional in (False, True):
+                for return_sequences in (False, True):
+                    model = StackedRNN(cell, (6, 5), bidirectional, return_sequences)
+                    x = jnp.ones((B, T, F))
+                    variables = model.init(jax.random.key(0), x)
+                    y, states = self.variant(model.apply)(variables, x)
+                    width = 10 if bidirectional else 5
+                    chex.assert_shape(y, (B, T, width) if return_sequences else (B, width))
+                    assert len(states) == 2
+
+
+def test_initial_state_is_used():
+    model = StackedRNN("lstm", (H,), return_sequences=True)
+    x = jnp.ones((B, T, F))
+    variables = model.init(jax.random.key(0), x)
+    zero, _ = model.apply(variables, x)
+    start = LSTMState(jnp.ones((B, H)), jnp.ones((B, H)))
+    given, _ = model.apply(variables, x, initial_states=[start])
+    assert not np.allclose(zero, given)
+    with pytest.raises(ValueError, match="one state per layer"):
+        model.apply(variables, x, initial_states=[start, start])
+
+
+@pytest.mark.parametrize(
+    "x, lengths, match",
+    [
+        (jnp.ones((B, T)), None, r"\(batch, steps, features\)"),
+        (jnp.ones((B, T, F)), jnp.array([1, 2, 9]), r"lengths must be in \[0, 5\]"),
+        (jnp.ones((B, T, F)), jnp.array([1, -1, 2]), r"lengths must be in \[0, 5\]"),
+        (jnp.ones((B, T, F)), jnp.array([1, 2]), r"lengths must have shape \(3,\)"),
+        (jnp.ones((B, T, F)), jnp.array([1.0, 2.0, 3.0]), "lengths must be integers"),
+    ],
+)
+def test_bad_inputs_are_named(x, lengths, match):
+    layer = Recurrent("lstm", H)
+    variables = layer.init(jax.random.key(0), jnp.ones((B, T, F)))
+    with pytest.raises(ValueError, match=match):
+        layer.apply(variables, x, lengths)
+
+
+def test_wrong_feature_size_is_reported():
+    layer = Recurrent("gru", H)
+    variables = layer.init(jax.random.key(0), jnp.ones((B, T, F)))
+    with pytest.raises(Exception, match=r"kernel.*\(4, 6\).*\(7, 6\)|\(7, 6\).*\(4, 6\)"):
+        layer.apply(variables, jnp.ones((B, T, 7)))

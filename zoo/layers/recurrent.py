@@ -1,0 +1,287 @@
+"""LSTM and GRU cells as pure step functions, and layers that scan them over time.
+
+Weight layout (shared by the pure cells, the Flax layers and the importers), for input size F and
+hidden size H:
+
+    LSTM: kernel (F, 4H), recurrent_kernel (H, 4H), bias (4H,);
+          gate order i, f, g, o (PyTorch's and Keras' order). The forget-gate bias starts at 1
+          (Keras' `unit_forget_bias`); PyTorch's two biases import as their sum.
+    GRU:  kernel (F, 3H), recurrent_kernel (H, 3H), bias (3H,), and with `reset_after=True`
+          recurrent_bias (3H,); gate order r, z, n (PyTorch's order; Keras' z, r, h is
+          reordered on import).
+
+Equations, with x_t the input and h, c the carry:
+
+    LSTM  i = σ(x W_i + h U_i + b_i)      f = σ(x W_f + h U_f + b_f)
+          g = tanh(x W_g + h U_g + b_g)   o = σ(x W_o + h U_o + b_o)
+          c' = f ⊙ c + i ⊙ g              h' = o ⊙ tanh(c')
+    GRU   r = σ(x W_r + b_r + h U_r + b'_r)    z = σ(x W_z + b_z + h U_z + b'_z)
+          reset_after=True  (PyTorch, Keras default): n = tanh(x W_n + b_n + r ⊙ (h U_n + b'_n))
+          reset_after=False (Cho et al. 2014, Keras v1): n = tanh(x W_n + b_n + (r ⊙ h) U_n)
+          h' = (1 - z) ⊙ n + z ⊙ h
+
+The input projection `x W + b` of all timesteps is one matmul before the scan; only `h U` runs
+inside it (`lstm_step`, `gru_step`). With `lengths`, a sequence's carry stops changing after its
+last valid step and its outputs there are zero, so a padded batch gives each sequence's own result.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+CellParams = dict[str, jax.Array]
+Carry = Any  # LSTMState for LSTM, an (B, H) array for GRU
+
+
+class LSTMState(NamedTuple):
+    """LSTM carry: hidden state `h` and cell state `c`, each `(B, H)`."""
+
+    h: jax.Array
+    c: jax.Array
+
+
+GATES = {"lstm": 4, "gru": 3}
+
+
+def project(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """`x @ kernel + bias` with the bias broadcast explicitly (safe under strict rank promotion)."""
+    y = x @ kernel
+    return y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
+
+
+def lstm_step(
+    params: CellParams, carry: LSTMState, projected: jax.Array
+) -> tuple[LSTMState, jax.Array]:
+    """The recurrent half of an LSTM step; `projected` is `x W + b`, `(B, 4H)`."""
+    gates = projected + carry.h @ params["recurrent_kernel"]  # (B, 4H)
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return LSTMState(h, c), h
+
+
+def gru_step(
+    params: CellParams, carry: jax.Array, projected: jax.Array, *, reset_after: bool = True
+) -> tuple[jax.Array, jax.Array]:
+    """The recurrent half of a GRU step; `projected` is `x W + b`, `(B, 3H)`."""
+    hidden = carry.shape[-1]
+    x_r, x_z, x_n = jnp.split(projected, 3, axis=-1)
+    recurrent = params["recurrent_kernel"]  # (H, 3H)
+    if reset_after:
+        h_r, h_z, h_n = jnp.split(project(carry, recurrent, params["recurrent_bias"]), 3, axis=-1)
+        r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
+        n = jnp.tanh(x_n + r * h_n)
+    else:
+        h_r, h_z = jnp.split(carry @ recurrent[:, : 2 * hidden], 2, axis=-1)
+        r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
+        n = jnp.tanh(x_n + (r * carry) @ recurrent[:, 2 * hidden :])
+    h = (1.0 - z) * n + z * carry
+    return h, h
+
+
+def lstm_cell(params: CellParams, carry: LSTMState, x: jax.Array) -> tuple[LSTMState, jax.Array]:
+    """One LSTM step with scan's signature: `(carry, x (B, F)) -> (carry, h (B, H))`."""
+    return lstm_step(params, carry, project(x, params["kernel"], params["bias"]))
+
+
+def gru_cell(
+    params: CellParams, carry: jax.Array, x: jax.Array, *, reset_after: bool = True
+) -> tuple[jax.Array, jax.Array]:
+    """One GRU step with scan's signature: `(h (B, H), x (B, F)) -> (h, h)`."""
+    projected = project(x, params["kernel"], params["bias"])
+    return gru_step(params, carry, projected, reset_after=reset_after)
+
+
+def initial_carry(cell: str, batch_size: int, hidden_size: int, dtype=jnp.float32) -> Carry:
+    zeros = jnp.zeros((batch_size, hidden_size), dtype)
+    return LSTMState(zeros, zeros) if cell == "lstm" else zeros
+
+
+def lengths_to_mask(lengths: jax.Array, steps: int) -> jax.Array:
+    """`(B,)` lengths to a `(B, T)` boolean mask, True on valid steps."""
+    return jnp.arange(steps)[None, :] < jnp.asarray(lengths)[:, None]
+
+
+def check_lengths(lengths: Any, batch_size: int, steps: int) -> jax.Array:
+    """Validates `lengths` against a `(B, T, ...)` batch; values are checked when concrete."""
+    lengths = jnp.asarray(lengths)
+    if lengths.shape != (batch_size,):
+        raise ValueError(f"lengths must have shape ({batch_size},), got {lengths.shape}")
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise ValueError(f"lengths must be integers, got dtype {lengths.dtype}")
+    if not isinstance(lengths, jax.core.Tracer):
+        values = np.asarray(lengths)
+        if values.size and (values.min() < 0 or values.max() > steps):
+            raise ValueError(
+                f"lengths must be in [0, {steps}] for sequences of {steps} steps, "
+                f"got {values.min()}..{values.max()}"
+            )
+    return lengths
+
+
+def scan_steps(
+    step: Callable[[CellParams, Carry, jax.Array], tuple[Carry, jax.Array]],
+    params: CellParams,
+    carry: Carry,
+    projected: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    reverse: bool = False,
+    unroll: int = 1,
+) -> tuple[Carry, jax.Array]:
+    """Runs `step` over the time axis of `projected` `(B, T, G)`; returns `(carry, (B, T, H))`.
+
+    With `mask` `(B, T)`, masked steps leave the carry unchanged and output zeros. `reverse` runs
+    from the last step to the first; with right padding the padded steps come first and are skipped.
+    """
+    xs = jnp.swapaxes(projected, 0, 1)  # (T, B, G): scan runs over the leading axis
+    if mask is None:
+        carry, ys = jax.lax.scan(
+            lambda c, x: step(params, c, x), carry, xs, reverse=reverse, unroll=unroll
+        )
+    else:
+
+        def masked(c, inputs):
+            x, valid = inputs  # (B, G), (B, 1)
+            new_c, y = step(params, c, x)
+            new_c = jax.tree.map(lambda new, old: jnp.where(valid, new, old), new_c, c)
+            return new_c, jnp.where(valid, y, jnp.zeros_like(y))
+
+        valid = jnp.swapaxes(mask, 0, 1)[..., None]  # (T, B, 1)
+        carry, ys = jax.lax.scan(masked, carry, (xs, valid), reverse=reverse, unroll=unroll)
+    return carry, jnp.swapaxes(ys, 0, 1)  # (B, T, H)
+
+
+def _lstm_bias_init(key, shape, dtype=jnp.float32):
+    hidden = shape[0] // 4
+    return jnp.zeros(shape, dtype).at[hidden : 2 * hidden].set(1.0)  # forget gate starts open
+
+
+class Recurrent(nn.Module):
+    """One LSTM or GRU layer over `(B, T, F)` inputs.
+
+    Returns `(final_carry, outputs (B, T, H))`; `lengths` `(B,)` or `mask` `(B, T)` mark valid
+    steps.
+    Parameters are named as in the module docstring, so `variables["params"]` of this layer is
+    exactly what `lstm_cell` / `gru_cell` take.
+    """
+
+    cell: str
+    hidden_size: int
+    reverse: bool = False
+    reset_after: bool = True
+    unroll: int = 1
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        lengths: jax.Array | None = None,
+        *,
+        mask: jax.Array | None = None,
+        initial_state: Carry | None = None,
+    ) -> tuple[Carry, jax.Array]:
+        if self.cell not in GATES:
+            raise ValueError(f"unknown cell {self.cell!r}; choose from: {', '.join(GATES)}")
+        if x.ndim != 3:
+            raise ValueError(f"recurrent layers take (batch, steps, features), got shape {x.shape}")
+        batch, steps, features = x.shape
+        width = GATES[self.cell] * self.hidden_size
+        bias_init = _lstm_bias_init if self.cell == "lstm" else nn.initializers.zeros
+        params = {
+            "kernel": self.param("kernel", nn.initializers.glorot_uniform(), (features, width)),
+            "recurrent_kernel": self.param(
+                "recurrent_kernel", nn.initializers.orthogonal(), (self.hidden_size, width)
+            ),
+            "bias": self.param("bias", bias_init, (width,)),
+        }
+        if self.cell == "gru" and self.reset_after:
+            params["recurrent_bias"] = self.param("recurrent_bias", nn.initializers.zeros, (width,))
+        if lengths is not None and mask is not None:
+            raise ValueError("pass lengths or mask, not both")
+        if lengths is not None:
+            mask = lengths_to_mask(check_lengths(lengths, batch, steps), steps)
+        elif mask is not None and jnp.shape(mask) != (batch, steps):
+            raise ValueError(f"mask must have shape ({batch}, {steps}), got {jnp.shape(mask)}")
+        carry = initial_state
+        if carry is None:
+            carry = initial_carry(self.cell, batch, self.hidden_size, x.dtype)
+        projected = project(x, params["kernel"], params["bias"])  # (B, T, G*H): one matmul
+        if self.cell == "lstm":
+            step = lstm_step
+        else:
+
+            def step(p, c, xt):
+                return gru_step(p, c, xt, reset_after=self.reset_after)
+
+        return scan_steps(
+            step, params, carry, projected, mask, reverse=self.reverse, unroll=self.unroll
+        )
+
+
+class StackedRNN(nn.Module):
+    """Stacked (optionally bidirectional) LSTM/GRU layers over `(B, T, F)`.
+
+    Returns `(outputs, final_states)`: `outputs` is `(B, T, D)` with `return_sequences`, else the
+    last valid step's hidden state `(B, D)` (for a bidirectional layer, the forward state at the
+    last valid step concatenated with the backward state at step 0, as Keras and PyTorch do);
+    D is the last hidden size, doubled when bidirectional. `final_states` holds one carry per layer,
+    a `(forward, backward)` pair per layer when bidirectional.
+    """
+
+    cell: str
+    hidden_sizes: Sequence[int]
+    bidirectional: bool = False
+    return_sequences: bool = False
+    reset_after: bool = True
+    dropout: float = 0.0
+    unroll: int = 1
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        lengths: jax.Array | None = None,
+        *,
+        initial_states: Sequence[Carry] | None = None,
+        train: bool = False,
+    ) -> tuple[jax.Array, list[Carry]]:
+        if initial_states is not None and len(initial_states) != len(self.hidden_sizes):
+            raise ValueError(
+                f"initial_states needs one state per layer ({len(self.hidden_sizes)}), "
+                f"got {len(initial_states)}"
+            )
+        states, h = [], x
+        for i, hidden in enumerate(self.hidden_sizes):
+            if i and self.dropout:
+                h = nn.Dropout(self.dropout, deterministic=not train)(h)
+            init = None if initial_states is None else initial_states[i]
+            options = {"reset_after": self.reset_after, "unroll": self.unroll}
+            if self.bidirectional:
+                init = (None, None) if init is None else init
+                forward = Recurrent(self.cell, hidden, name=f"layer_{i}_forward", **options)
+                backward = Recurrent(
+                    self.cell, hidden, reverse=True, name=f"layer_{i}_backward", **options
+                )
+                fwd_state, fwd = forward(h, lengths, initial_state=init[0])
+                bwd_state, bwd = backward(h, lengths, initial_state=init[1])
+                states.append((fwd_state, bwd_state))
+                h = jnp.concatenate([fwd, bwd], axis=-1)  # (B, T, 2H)
+            else:
+                layer = Recurrent(self.cell, hidden, name=f"layer_{i}", **options)
+                state, h = layer(h, lengths, initial_state=init)
+                states.append(state)
+        if self.return_sequences:
+            return h, states
+        return _final_hidden(states[-1], self.cell, self.bidirectional), states
+
+
+def _final_hidden(state: Any, cell: str, bidirectional: bool) -> jax.Array:
+    hidden = lambda s: s.h if cell == "lstm" else s  # noqa: E731
+    if bidirectional:
+        return jnp.concatenate([hidden(state[0]), hidden(state[1])], axis=-1)
+    return hidden(state)
