@@ -37,6 +37,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     defaults = TrainConfig()
     parser = _Parser(prog="train.py", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=defaults.model, choices=models.names())
+    # None means "the model's preset" (zoo.training.config.PRESETS).
     parser.add_argument(
         "--model-option",
         action="append",
@@ -44,14 +45,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="model hyperparameter, e.g. --model-option features=32,64 (Python literal values)",
     )
-    parser.add_argument("--dataset", default=defaults.dataset, choices=data.DATASETS)
+    parser.add_argument("--dataset", choices=data.DATASETS)
     parser.add_argument("--data-path", default=None, help="mnist.npz or a directory of IDX files")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--optimizer", default=defaults.optimizer)
-    parser.add_argument("--lr", type=float, default=defaults.learning_rate)
-    parser.add_argument("--momentum", type=float, default=defaults.momentum)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--optimizer")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--momentum", type=float)
+    parser.add_argument("--seed", type=int)
     parser.add_argument("--out", default="runs/latest", help="directory for metrics.json")
     return parser.parse_args(argv)
 
@@ -72,18 +73,19 @@ def parse_model_options(pairs: list[str]) -> dict:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
-        config = TrainConfig(
-            model=args.model,
-            model_options=parse_model_options(args.model_option),
-            dataset=args.dataset,
-            data_path=args.data_path,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            optimizer=args.optimizer,
-            learning_rate=args.lr,
-            momentum=args.momentum,
-            seed=args.seed,
-        )
+        given = {
+            "model_options": parse_model_options(args.model_option),
+            "dataset": args.dataset,
+            "data_path": args.data_path,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "optimizer": args.optimizer,
+            "learning_rate": args.lr,
+            "momentum": args.momentum,
+            "seed": args.seed,
+        }
+        overrides = {k: v for k, v in given.items() if v is not None}
+        config = TrainConfig.for_model(args.model, **overrides)
         print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}", flush=True)
         train_and_evaluate(config, args.out, log=lambda line: print(line, flush=True))
     except (ValueError, FileNotFoundError, ImportError) as error:

@@ -38,13 +38,21 @@ def test_trains_and_writes_metrics(tmp_path):
         str(out),
     )
     assert result.returncode == 0, result.stderr
-    assert "epoch   1/1" in result.stdout and "test | accuracy" in result.stdout
+    assert "epoch   1/1" in result.stdout and "| test_accuracy " in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "convnet" and metrics["config"]["model_options"]["features"] == [
         8,
         16,
     ]
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
+
+
+def test_model_preset_picks_its_dataset(tmp_path):
+    pytest.importorskip("statsmodels")
+    result = run_cli("--model", "forecast", "--epochs", "1", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["dataset"] == "series" and "naive_mse" in metrics and "test_mse" in metrics
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,10 @@ def test_resized_image_keeps_the_digit():
 
 
 def test_load_by_name_errors():
-    with pytest.raises(ValueError, match="unknown dataset 'cifar'; choose from: digits, mnist"):
+    with pytest.raises(
+        ValueError,
+        match="unknown dataset 'cifar'; choose from: digits, digits-seq, digits-strips, text",
+    ):
         load("cifar")
     with pytest.raises(ValueError, match="mnist dataset needs a path"):
         load("mnist")

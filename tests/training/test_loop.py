@@ -28,7 +28,7 @@ def digits():
 def test_training_on_digits_lowers_the_loss(digits):
     config = TrainConfig(batch_size=32, seed=0)
     model = models.create("cnn")
-    state = create_train_state(model, config, digits.input_shape)
+    state = create_train_state(model, config, digits.train.x[:1])
     before = evaluate(state, digits.validation, 64, 10)
     for epoch in range(2):
         for batch in data.batches(digits.train, 32, seed=0, epoch=epoch):
@@ -41,7 +41,7 @@ def test_training_on_digits_lowers_the_loss(digits):
 
 def test_train_step_updates_batch_norm_statistics_and_uses_dropout(digits):
     model = models.create("convnet", input_shape=(28, 28, 1), batch_norm=True, dropout=0.5)
-    state = create_train_state(model, TrainConfig(), digits.input_shape)
+    state = create_train_state(model, TrainConfig(), digits.train.x[:1])
     batch = next(data.batches(digits.train, 16))
     loss_a = loss_fn(state.params, state, batch, jax.random.key(1))[0]
     loss_b = loss_fn(state.params, state, batch, jax.random.key(2))[0]

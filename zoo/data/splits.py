@@ -4,21 +4,30 @@ from typing import NamedTuple
 
 import numpy as np
 
+TASKS = ("classify", "language", "regress")
+
 
 class Split(NamedTuple):
-    """One split of a classification dataset: `x` is `(N, *example_shape)`, `y` is `(N,)` int32."""
+    """One split: `x` is `(N, *example_shape)`; `y` is `(N,)` int32 class labels ('classify'),
+    `(N, T)` int32 next tokens ('language') or `(N, D)` float32 targets ('regress')."""
 
     x: np.ndarray
     y: np.ndarray
 
 
 class Dataset(NamedTuple):
-    """Train/validation/test splits plus what a model needs to know about them."""
+    """Train/validation/test splits plus what a model needs to know about them.
+
+    `num_classes` is the model's output width: classes, vocabulary size, or forecast horizon.
+    `vocab` maps token ids to characters for language datasets.
+    """
 
     train: Split
     validation: Split
     test: Split
     num_classes: int
+    task: str = "classify"
+    vocab: str | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

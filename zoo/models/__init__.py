@@ -1,14 +1,26 @@
-"""Model registry: `create(name, **options)` builds a Flax module, `names()` lists them."""
+"""Model registry: `create(name, **options)` builds a Flax module, `names()` lists them.
+
+Variants are rows of a table (a class plus the options it fixes), not subclasses.
+"""
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 
 from zoo.models.cnn import ConvNet, SeedCNN
+from zoo.models.rnn import CNNLSTM, CharLM, Forecaster, RNNClassifier, sample
 
-_MODELS: dict[str, type[nn.Module]] = {
-    "cnn": SeedCNN,
-    "convnet": ConvNet,
+_MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+    "cnn": (SeedCNN, {}),
+    "convnet": (ConvNet, {}),
+    "lstm": (RNNClassifier, {"cell": "lstm"}),
+    "gru": (RNNClassifier, {"cell": "gru"}),
+    "bilstm": (RNNClassifier, {"cell": "lstm", "bidirectional": True}),
+    "bigru": (RNNClassifier, {"cell": "gru", "bidirectional": True}),
+    "charlm": (CharLM, {}),
+    "cnn_lstm": (CNNLSTM, {}),
+    "forecast": (Forecaster, {}),
 }
 
 
@@ -19,7 +31,12 @@ def names() -> list[str]:
 
 def options(name: str) -> list[str]:
     """The options `create(name, ...)` accepts."""
-    return [f.name for f in dataclasses.fields(_lookup(name)) if f.name not in ("parent", "name")]
+    cls, fixed = _lookup(name)
+    return [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in ("parent", "name") and f.name not in fixed
+    ]
 
 
 def create(name: str, **opts) -> nn.Module:
@@ -34,13 +51,25 @@ def create(name: str, **opts) -> nn.Module:
         raise ValueError(
             f"model {name!r} has no option {', '.join(unknown)}; valid options: {', '.join(valid)}"
         )
-    return _lookup(name)(**opts)
+    cls, fixed = _lookup(name)
+    return cls(**fixed, **opts)
 
 
-def _lookup(name: str) -> type[nn.Module]:
+def _lookup(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; choose from: {', '.join(names())}")
     return _MODELS[name]
 
 
-__all__ = ["ConvNet", "SeedCNN", "create", "names", "options"]
+__all__ = [
+    "CNNLSTM",
+    "CharLM",
+    "ConvNet",
+    "Forecaster",
+    "RNNClassifier",
+    "SeedCNN",
+    "create",
+    "names",
+    "options",
+    "sample",
+]

@@ -13,35 +13,15 @@ Call them the Flax way:
 
 from collections.abc import Sequence
 
-import chex
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from zoo.layers.conv import ACTIVATIONS, POOLS, ResidualBlock, activation, max_pool
-
-
-def check_input(x: jax.Array, input_shape: Sequence[int], model: str) -> jax.Array:
-    """Checks `x` is floating point `(*batch, *input_shape)`; returns it as `(N, *input_shape)`."""
-    x = jnp.asarray(x)
-    expected = "(batch, " + ", ".join(map(str, input_shape)) + ")"
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(
-            f"{model} expects floating-point input of shape {expected}, got dtype {x.dtype}; "
-            "scale images to floats first, e.g. x.astype(jnp.float32) / 255"
-        )
-    chex.assert_shape(
-        x,
-        (..., *input_shape),
-        custom_message=f"{model} expects input of shape {expected}",
-        exception_type=ValueError,
-    )
-    return x.reshape(-1, *input_shape)
+from zoo.models.inputs import batch_shape, check_input
 
 
 def _unflatten(logits: jax.Array, x: jax.Array, input_shape: Sequence[int]) -> jax.Array:
-    batch_shape = jnp.shape(x)[: jnp.ndim(x) - len(input_shape)]
-    return logits.reshape(*batch_shape, logits.shape[-1])
+    return logits.reshape(*batch_shape(x, input_shape), logits.shape[-1])
 
 
 class SeedCNN(nn.Module):

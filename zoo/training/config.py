@@ -8,6 +8,25 @@ from typing import Any
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 
+# Each model's default dataset and the settings measured to train it well there (README figures).
+PRESETS: dict[str, dict[str, Any]] = {
+    "cnn": {"dataset": "digits"},
+    "convnet": {"dataset": "digits"},
+    "lstm": {"dataset": "digits-seq", "epochs": 25},
+    "gru": {"dataset": "digits-seq", "epochs": 25},
+    "bilstm": {"dataset": "digits-seq", "epochs": 25},
+    "bigru": {"dataset": "digits-seq", "epochs": 25},
+    "cnn_lstm": {"dataset": "digits-strips", "epochs": 25},
+    "charlm": {
+        "dataset": "text",
+        "epochs": 15,
+        "batch_size": 64,
+        "learning_rate": 3e-3,
+        "model_options": {"hidden_sizes": (256,)},
+    },
+    "forecast": {"dataset": "series", "epochs": 10, "batch_size": 16},
+}
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field."""
@@ -56,6 +75,14 @@ class TrainConfig:
             raise ConfigError(
                 f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
             )
+
+    @classmethod
+    def for_model(cls, model: str, **overrides: Any) -> "TrainConfig":
+        """The model's preset (default dataset and tuned settings) with `overrides` on top;
+        `model_options` given here are merged into the preset's."""
+        preset = dict(PRESETS.get(model, {}))
+        options = {**preset.pop("model_options", {}), **overrides.pop("model_options", {})}
+        return cls.from_dict({**preset, **overrides, "model": model, "model_options": options})
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":

@@ -1,6 +1,7 @@
 """`train_and_evaluate`: the whole run, from config to `metrics.json`."""
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -19,16 +20,25 @@ from zoo.training.steps import Metrics, eval_step, train_step
 
 
 def evaluate(state: TrainState, split: Split, batch_size: int, num_classes: int) -> dict[str, Any]:
-    """Loss, accuracy, macro-F1 and confusion matrix of `state` on every example of `split`."""
+    """Metrics of `state` on every example of `split`, by task.
+
+    'classify': loss, accuracy, macro_f1, confusion_matrix; 'language': loss (nats per token),
+    accuracy and bpc (bits per character); 'regress': loss, the mean squared error.
+    """
     predictions, sums = [], []
     for batch in data.batches(split, batch_size, remainder="pad"):
         batch_predictions, batch_sums = eval_step(state, batch)
         predictions.append(batch_predictions)
         sums.append(batch_sums)
+    summary = _summarize(sums)
+    if state.task == "regress":
+        return {"loss": summary["loss"], "mse": summary["loss"]}
+    if state.task == "language":
+        return summary | {"bpc": summary["loss"] / math.log(2)}
     predictions = np.concatenate(jax.device_get(predictions))[: len(split.y)]
     confusion = np.asarray(metrics_lib.confusion_matrix(split.y, predictions, num_classes))
     return {
-        "loss": _summarize(sums)["loss"],
+        "loss": summary["loss"],
         "accuracy": float(metrics_lib.accuracy_from_confusion(confusion)),
         "macro_f1": float(metrics_lib.macro_f1_from_confusion(confusion)),
         "confusion_matrix": confusion.tolist(),
@@ -38,7 +48,10 @@ def evaluate(state: TrainState, split: Split, batch_size: int, num_classes: int)
 def _summarize(step_metrics: list[Metrics]) -> dict[str, float]:
     totals = jax.device_get(jax.tree.map(lambda *xs: sum(xs), *step_metrics))  # one host sync
     count = max(float(totals["count"]), 1.0)
-    return {"loss": float(totals["loss_sum"]) / count, "accuracy": float(totals["correct"]) / count}
+    summary = {"loss": float(totals["loss_sum"]) / count}
+    if "correct" in totals:
+        summary["accuracy"] = float(totals["correct"]) / count
+    return summary
 
 
 def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
@@ -51,7 +64,7 @@ def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
             f"examples of {config.dataset!r}"
         )
     for name, split in dataset._asdict().items():
-        if isinstance(split, Split) and len(split.y):
+        if isinstance(split, Split) and len(split.y) and dataset.task != "regress":
             low, high = int(split.y.min()), int(split.y.max())
             if low < 0 or high >= dataset.num_classes:
                 raise ConfigError(
@@ -62,8 +75,12 @@ def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
 
 
 def build_model(config: TrainConfig, dataset: Dataset):
-    """The registry model for `config`, shaped for `dataset`."""
-    fixed = {"input_shape": dataset.input_shape, "num_classes": dataset.num_classes}
+    """The registry model for `config`, shaped for `dataset`: its input shape (for models that
+    fix one) and its output width (`num_classes`, or a forecaster's `horizon`)."""
+    accepted = models.options(config.model)
+    fixed = {"horizon" if "horizon" in accepted else "num_classes": dataset.num_classes}
+    if "input_shape" in accepted:
+        fixed["input_shape"] = dataset.input_shape
     clash = sorted(set(fixed) & set(config.model_options))
     if clash:
         raise ConfigError(f"model_options may not set {', '.join(clash)}: the dataset decides them")
@@ -80,7 +97,7 @@ def train_and_evaluate(
     dataset = data.load(config.dataset, seed=config.seed, path=config.data_path)
     check_dataset(dataset, config)
     model = build_model(config, dataset)
-    state = create_train_state(model, config, dataset.input_shape)
+    state = create_train_state(model, config, dataset.train.x[:1], dataset.task)
     num_params = sum(leaf.size for leaf in jax.tree.leaves(state.params))
     steps_per_epoch = data.num_batches(len(dataset.train.x), config.batch_size)
     log(
@@ -101,35 +118,31 @@ def train_and_evaluate(
             step_metrics.append(batch_metrics)
         train = _summarize(step_metrics)
         epoch_seconds = time.perf_counter() - epoch_start
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": train["loss"],
-            "train_accuracy": train["accuracy"],
-        }
+        record = {"epoch": epoch + 1} | {f"train_{k}": v for k, v in train.items()}
         if len(dataset.validation.x):
             val = evaluate(state, dataset.validation, config.batch_size, dataset.num_classes)
-            record |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+            record |= {f"val_{k}": v for k, v in val.items() if k != "confusion_matrix"}
         history.append(record)
-        log(
-            f"epoch {epoch + 1:3d}/{config.epochs} | loss {train['loss']:.4f} | "
-            f"acc {train['accuracy']:.4f} | "
-            + (f"val_acc {record['val_accuracy']:.4f} | " if "val_accuracy" in record else "")
-            + f"{steps_per_epoch * config.batch_size / epoch_seconds:,.0f} ex/s"
-        )
+        shown = " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch")
+        speed = steps_per_epoch * config.batch_size / epoch_seconds
+        log(f"epoch {epoch + 1:3d}/{config.epochs} | {shown} | {speed:,.0f} ex/s")
     train_seconds = time.perf_counter() - start
 
-    test = evaluate(state, dataset.test, config.batch_size, dataset.num_classes)
-    log(f"test | accuracy {test['accuracy']:.4f} | macro-F1 {test['macro_f1']:.4f}")
+    test = {
+        f"test_{k}": v
+        for k, v in evaluate(state, dataset.test, config.batch_size, dataset.num_classes).items()
+    }
+    if dataset.task == "regress":
+        test["naive_mse"] = data.naive_forecast_mse(dataset.test)
+    log("test | " + " | ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)))
     results = {
         "model": config.model,
         "dataset": config.dataset,
+        "task": dataset.task,
         "epochs": config.epochs,
         "steps": int(state.step),
         "num_params": num_params,
-        "test_accuracy": test["accuracy"],
-        "test_macro_f1": test["macro_f1"],
-        "test_loss": test["loss"],
-        "test_confusion_matrix": test["confusion_matrix"],
+        **test,
         "train_seconds": train_seconds,
         "examples_per_second": int(state.step) * config.batch_size / train_seconds,
         "history": history,

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 from flax.training import train_state
 
 from zoo.training.config import TrainConfig
@@ -14,7 +15,8 @@ Params = Any  # a pytree of arrays
 
 
 class TrainState(train_state.TrainState):
-    """Flax's TrainState plus `batch_stats` (empty without batch norm) and a base PRNG `key`.
+    """Flax's TrainState plus `batch_stats` (empty without batch norm), a base PRNG `key` and the
+    static `task` that picks the loss ('classify', 'language' or 'regress').
 
     The dropout key of step `s` is `jax.random.fold_in(key, s)`: a pure function of the state, so
     a resumed run draws the same masks as an uninterrupted one.
@@ -22,6 +24,7 @@ class TrainState(train_state.TrainState):
 
     batch_stats: Any
     key: jax.Array
+    task: str = struct.field(pytree_node=False, default="classify")
 
 
 def create_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -37,15 +40,17 @@ def create_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 def create_train_state(
     model: nn.Module,
     config: TrainConfig,
-    input_shape: tuple[int, ...],
+    example: jax.Array,
+    task: str = "classify",
 ) -> TrainState:
-    """Initialises the model on a dummy batch of `(1, *input_shape)` and builds the optimizer."""
+    """Initialises the model on `example`, a batch of inputs, and builds the optimizer."""
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-    variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32))
+    variables = model.init(init_key, jnp.asarray(example))
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         tx=create_optimizer(config),
         batch_stats=variables.get("batch_stats", {}),
         key=dropout_key,
+        task=task,
     )

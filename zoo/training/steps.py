@@ -1,4 +1,10 @@
-"""The pure, jittable pieces of a training step: loss, train step, eval step."""
+"""The pure, jittable pieces of a training step: loss, train step, eval step.
+
+The loss follows the state's static `task`: softmax cross-entropy over classes ('classify', outputs
+`(B, K)`) or over the vocabulary at every step ('language', `(B, T, V)`), or mean squared error
+('regress', `(B, D)`). Metrics are sums, so batches add up exactly and padding rows (mask False)
+count for nothing.
+"""
 
 import functools
 from typing import Any
@@ -17,37 +23,44 @@ def _variables(params: Params, batch_stats: Any) -> dict[str, Any]:
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy over the unmasked rows. logits `(B, K)`, labels/mask `(B,)`."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)  # (B,)
-    return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1)
+def _row_weights(mask: jax.Array, like: jax.Array) -> jax.Array:
+    """The `(B,)` row mask broadcast to per-row or per-token values `like`."""
+    mask = mask.astype(like.dtype).reshape(mask.shape + (1,) * (like.ndim - 1))
+    return jnp.broadcast_to(mask, like.shape)
+
+
+def compute_metrics(task: str, outputs: jax.Array, batch: Batch) -> Metrics:
+    """Summed loss (and correct predictions) over the unmasked rows, with their count."""
+    if task == "regress":
+        errors = jnp.mean(jnp.square(outputs - batch.y), axis=-1)  # (B,)
+        weights = _row_weights(batch.mask, errors)
+        return {"loss_sum": jnp.sum(errors * weights), "count": jnp.sum(weights)}
+    losses = optax.softmax_cross_entropy_with_integer_labels(outputs, batch.y)  # (B,) or (B, T)
+    weights = _row_weights(batch.mask, losses)
+    correct = jnp.argmax(outputs, axis=-1) == batch.y
+    return {
+        "loss_sum": jnp.sum(losses * weights),
+        "correct": jnp.sum(correct * weights),
+        "count": jnp.sum(weights),
+    }
 
 
 def loss_fn(
     params: Params, state: TrainState, batch: Batch, dropout_key: jax.Array
-) -> tuple[jax.Array, tuple[jax.Array, Any]]:
-    """Training-mode loss; returns `(loss, (logits, new_batch_stats))`."""
+) -> tuple[jax.Array, tuple[Metrics, Any]]:
+    """Training-mode mean loss; returns `(loss, (metric sums, new_batch_stats))`."""
     variables = _variables(params, state.batch_stats)
+    rngs = {"dropout": dropout_key}
     if state.batch_stats:
-        logits, updates = state.apply_fn(
-            variables, batch.x, train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"]
+        outputs, updates = state.apply_fn(
+            variables, batch.x, train=True, rngs=rngs, mutable=["batch_stats"]
         )
         new_batch_stats = updates["batch_stats"]
     else:
-        logits = state.apply_fn(variables, batch.x, train=True, rngs={"dropout": dropout_key})
+        outputs = state.apply_fn(variables, batch.x, train=True, rngs=rngs)
         new_batch_stats = state.batch_stats
-    return cross_entropy(logits, batch.y, batch.mask), (logits, new_batch_stats)
-
-
-def compute_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
-    """Summed loss, correct count and example count, so batches can be added up exactly."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    correct = jnp.argmax(logits, axis=-1) == labels
-    return {
-        "loss_sum": jnp.sum(losses * mask),
-        "correct": jnp.sum(correct * mask),
-        "count": jnp.sum(mask).astype(jnp.float32),
-    }
+    sums = compute_metrics(state.task, outputs, batch)
+    return sums["loss_sum"] / jnp.maximum(sums["count"], 1), (sums, new_batch_stats)
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -55,13 +68,14 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     """One step of gradient descent: grad of `loss_fn`, optax update, new batch-norm stats."""
     dropout_key = jax.random.fold_in(state.key, state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, (logits, batch_stats)), grads = grad_fn(state.params, state, batch, dropout_key)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    return state, compute_metrics(logits, batch.y, batch.mask)
+    (_, (sums, batch_stats)), grads = grad_fn(state.params, state, batch, dropout_key)
+    return state.apply_gradients(grads=grads, batch_stats=batch_stats), sums
 
 
 @jax.jit
-def eval_step(state: TrainState, batch: Batch) -> tuple[jax.Array, Metrics]:
-    """Evaluation-mode predictions `(B,)` and summed metrics (no dropout, running BN stats)."""
-    logits = state.apply_fn(_variables(state.params, state.batch_stats), batch.x, train=False)
-    return jnp.argmax(logits, axis=-1), compute_metrics(logits, batch.y, batch.mask)
+def eval_step(state: TrainState, batch: Batch) -> tuple[jax.Array | None, Metrics]:
+    """Evaluation mode (no dropout, running BN stats): class predictions `(B,)` when classifying
+    (else None) and summed metrics."""
+    outputs = state.apply_fn(_variables(state.params, state.batch_stats), batch.x, train=False)
+    predictions = jnp.argmax(outputs, axis=-1) if state.task == "classify" else None
+    return predictions, compute_metrics(state.task, outputs, batch)

@@ -1,0 +1,54 @@
+"""Character-level English prose that ships with every CPython: `pydoc_data.topics`.
+
+The 79 help topics (about 465,000 characters, 103 distinct) are joined in sorted order, encoded
+with a sorted-character vocabulary and cut by position into train/validation/test, so no test text
+is ever seen in training. Each example is `seq_len` characters and the next character at each step.
+"""
+
+import numpy as np
+
+from zoo.data.splits import Dataset, Split
+
+
+def corpus() -> str:
+    from pydoc_data.topics import topics
+
+    return "".join(topics[name] for name in sorted(topics))
+
+
+def load_text(
+    *, seq_len: int = 64, validation: float = 0.05, test: float = 0.05, text: str | None = None
+) -> Dataset:
+    """Loads the corpus (or `text`): `x (N, seq_len)` int32 tokens, `y` the same shifted by one."""
+    text = corpus() if text is None else text
+    vocab = "".join(sorted(set(text)))
+    ids = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    lookup = {ord(c): i for i, c in enumerate(vocab)}
+    tokens = np.array([lookup[c] for c in ids.tolist()], dtype=np.int32)
+    n_test, n_val = round(len(tokens) * test), round(len(tokens) * validation)
+    train_end, val_end = len(tokens) - n_test - n_val, len(tokens) - n_test
+    parts = tokens[:train_end], tokens[train_end:val_end], tokens[val_end:]
+    splits = [windows(part, seq_len) for part in parts]
+    if len(splits[0].x) == 0:
+        raise ValueError(f"text of {len(text)} characters is too short for seq_len {seq_len}")
+    return Dataset(*splits, num_classes=len(vocab), task="language", vocab=vocab)
+
+
+def windows(tokens: np.ndarray, seq_len: int) -> Split:
+    """Non-overlapping windows: `x[i] = tokens[i*L : (i+1)*L]`, `y[i]` the same shifted by one."""
+    count = max((len(tokens) - 1) // seq_len, 0)
+    x = tokens[: count * seq_len].reshape(count, seq_len)
+    y = tokens[1 : count * seq_len + 1].reshape(count, seq_len)
+    return Split(x, y)
+
+
+def decode(tokens, vocab: str) -> str:
+    return "".join(vocab[int(t)] for t in np.asarray(tokens).ravel())
+
+
+def encode(text: str, vocab: str) -> np.ndarray:
+    lookup = {c: i for i, c in enumerate(vocab)}
+    unknown = sorted(set(text) - set(lookup))
+    if unknown:
+        raise ValueError(f"characters {unknown} are not in the vocabulary")
+    return np.array([lookup[c] for c in text], np.int32)

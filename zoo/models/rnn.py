@@ -1,0 +1,245 @@
+"""Recurrent models: sequence classifiers, a character language model, CNN+LSTM, a forecaster.
+
+All take batch-first input and optional `lengths` `(B,)` for right-padded sequences:
+
+    model = zoo.models.create("lstm", input_shape=(28, 28))     # (steps, features)
+    variables = model.init(key, x)                              # x: (B, 28, 28) floats
+    logits = model.apply(variables, x, lengths)                 # (B, classes)
+"""
+
+import functools
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from zoo.layers.conv import max_pool
+from zoo.layers.recurrent import GATES, StackedRNN
+from zoo.models.inputs import batch_shape, check_input
+
+
+def _check_options(cell: str, dropout: float, hidden_sizes: Sequence[int]) -> None:
+    if cell not in GATES:
+        raise ValueError(f"unknown cell {cell!r}; choose from: {', '.join(GATES)}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if not hidden_sizes or min(hidden_sizes) < 1:
+        raise ValueError(f"hidden_sizes must be positive, got {hidden_sizes}")
+
+
+def _flat_lengths(lengths: jax.Array | None, batch: tuple[int, ...]) -> jax.Array | None:
+    if lengths is None:
+        return None
+    lengths = jnp.asarray(lengths)
+    if lengths.shape != batch:
+        raise ValueError(f"lengths must have the batch shape {batch}, got {lengths.shape}")
+    return lengths.reshape(-1)
+
+
+class RNNClassifier(nn.Module):
+    """Stacked LSTM/GRU over `(B, T, F)`, then a dense layer on the last valid hidden state.
+
+    The defaults are the source documents' model: LSTM(128, return_sequences) - LSTM(128) -
+    Dense(classes). Registered as `lstm`, `gru`, `bilstm` and `bigru`.
+
+    Attributes:
+      input_shape: `(steps, features)`; steps may be None for any length.
+      num_classes: number of logits.
+      cell: 'lstm' or 'gru'.
+      hidden_sizes: one hidden size per stacked layer.
+      bidirectional: run each layer both ways and concatenate.
+      dropout: between stacked layers and before the classifier, in training only.
+      reset_after: GRU variant (True: PyTorch / Keras default; False: Cho et al.).
+      unroll: timesteps per scan iteration (speed only).
+    """
+
+    input_shape: Sequence[int | None]
+    num_classes: int = 10
+    cell: str = "lstm"
+    hidden_sizes: Sequence[int] = (128, 128)
+    bidirectional: bool = False
+    dropout: float = 0.0
+    reset_after: bool = True
+    unroll: int = 1
+
+    def __post_init__(self):
+        _check_options(self.cell, self.dropout, self.hidden_sizes)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, lengths: jax.Array | None = None, *, train: bool = False
+    ) -> jax.Array:
+        h = check_input(x, self.input_shape, self.cell)  # (B, T, F)
+        batch = batch_shape(x, self.input_shape)
+        rnn = StackedRNN(
+            self.cell,
+            self.hidden_sizes,
+            self.bidirectional,
+            return_sequences=False,
+            reset_after=self.reset_after,
+            dropout=self.dropout,
+            unroll=self.unroll,
+        )
+        h, _ = rnn(h, _flat_lengths(lengths, batch), train=train)  # (B, H or 2H)
+        if self.dropout:
+            h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        logits = nn.Dense(self.num_classes)(h)
+        return logits.reshape(*batch, self.num_classes)
+
+
+class CharLM(nn.Module):
+    """Character language model: embedding - stacked LSTM/GRU - logits at every step.
+
+    `tokens` `(*batch, T)` int -> logits `(*batch, T, vocab)`; with `return_states=True` also the
+    final states (batch axes flattened), which `initial_states` takes back (see `sample`).
+    """
+
+    num_classes: int  # vocabulary size
+    embed_dim: int = 64
+    cell: str = "lstm"
+    hidden_sizes: Sequence[int] = (512,)
+    dropout: float = 0.0
+    unroll: int = 1
+
+    def __post_init__(self):
+        _check_options(self.cell, self.dropout, self.hidden_sizes)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: jax.Array,
+        *,
+        initial_states=None,
+        return_states: bool = False,
+        train: bool = False,
+    ):
+        batch = batch_shape(tokens, (None,))
+        tokens = check_input(tokens, (None,), "charlm", tokens=True)  # (B, T), any T
+        h = nn.Embed(self.num_classes, self.embed_dim)(tokens)  # (B, T, E)
+        rnn = StackedRNN(
+            self.cell,
+            self.hidden_sizes,
+            return_sequences=True,
+            dropout=self.dropout,
+            unroll=self.unroll,
+        )
+        h, states = rnn(h, initial_states=initial_states, train=train)  # (B, T, H)
+        if self.dropout:
+            h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        logits = nn.Dense(self.num_classes)(h)  # (B, T, V)
+        logits = logits.reshape(*batch, *logits.shape[1:])
+        return (logits, states) if return_states else logits
+
+
+@functools.partial(jax.jit, static_argnames=("model", "length"))
+def sample(
+    model: CharLM,
+    variables,
+    prompt: jax.Array,
+    key: jax.Array,
+    *,
+    length: int,
+    temperature: float = 1.0,
+) -> jax.Array:
+    """Continues each prompt `(B, P)` by `length` sampled tokens; returns `(B, length)`.
+
+    The prompt is read in one pass; then each new token is fed back with the carried states, one
+    step per `lax.scan` iteration.
+    """
+    logits, states = model.apply(variables, prompt, return_states=True)
+    first = jax.random.categorical(key, logits[:, -1] / temperature)
+
+    def step(carry, step_key):
+        token, states = carry
+        logits, states = model.apply(
+            variables, token[:, None], initial_states=states, return_states=True
+        )
+        next_token = jax.random.categorical(step_key, logits[:, -1] / temperature)
+        return (next_token, states), token
+
+    keys = jax.random.split(jax.random.fold_in(key, 1), length)
+    _, tokens = jax.lax.scan(step, (first, states), keys)
+    return tokens.T  # (B, length)
+
+
+class CNNLSTM(nn.Module):
+    """A CNN encoder applied to every frame, then an LSTM over the frame codes.
+
+    `(B, T, H, W, C)` frames (or image patches) -> per frame Conv-relu-MaxPool stages, flatten and
+    Dense(embed_dim) -> stacked LSTM/GRU -> Dense(classes) on the last valid step.
+    """
+
+    input_shape: Sequence[int | None]  # (steps, height, width, channels)
+    num_classes: int = 10
+    features: Sequence[int] = (16, 32)
+    embed_dim: int = 64
+    cell: str = "lstm"
+    hidden_sizes: Sequence[int] = (64,)
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if len(self.input_shape) != 4:
+            raise ValueError(
+                f"cnn_lstm input_shape must be (steps, height, width, channels), "
+                f"got {tuple(self.input_shape)}"
+            )
+        _check_options(self.cell, self.dropout, self.hidden_sizes)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, lengths: jax.Array | None = None, *, train: bool = False
+    ) -> jax.Array:
+        frames = check_input(x, self.input_shape, "cnn_lstm")  # (B, T, H, W, C)
+        batch = batch_shape(x, self.input_shape)
+        n, steps = frames.shape[:2]
+        h = frames.reshape(n * steps, *frames.shape[2:])  # (B*T, H, W, C): one CNN pass
+        for features in self.features:
+            h = nn.relu(nn.Conv(features, (3, 3), padding="SAME")(h))
+            h = max_pool(h, 2) if min(h.shape[1:3]) >= 2 else h
+        h = nn.relu(nn.Dense(self.embed_dim)(h.reshape(n, steps, -1)))  # (B, T, E)
+        rnn = StackedRNN(self.cell, self.hidden_sizes, dropout=self.dropout)
+        h, _ = rnn(h, _flat_lengths(lengths, batch), train=train)  # (B, H)
+        if self.dropout:
+            h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        logits = nn.Dense(self.num_classes)(h)
+        return logits.reshape(*batch, self.num_classes)
+
+
+class Forecaster(nn.Module):
+    """Stacked LSTM/GRU regressor: a window `(B, T, F)` -> the next `horizon` values `(B, horizon)`.
+
+    Predicts the change from the window's last value of feature 0 (a residual on the naive
+    forecast), so an untrained model starts at the naive forecast instead of at zero.
+    """
+
+    input_shape: Sequence[int | None]  # (steps, features)
+    horizon: int = 1
+    cell: str = "lstm"
+    hidden_sizes: Sequence[int] = (64,)
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        _check_options(self.cell, self.dropout, self.hidden_sizes)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, lengths: jax.Array | None = None, *, train: bool = False
+    ) -> jax.Array:
+        window = check_input(x, self.input_shape, "forecast")  # (B, T, F)
+        batch = batch_shape(x, self.input_shape)
+        h, _ = StackedRNN(self.cell, self.hidden_sizes, dropout=self.dropout)(
+            window, _flat_lengths(lengths, batch), train=train
+        )
+        delta = nn.Dense(self.horizon, kernel_init=nn.initializers.zeros)(h)  # (B, horizon)
+        last = window[:, -1, :1] if lengths is None else _last_valid(window, lengths)
+        return (delta + last).reshape(*batch, self.horizon)
+
+
+def _last_valid(window: jax.Array, lengths: jax.Array) -> jax.Array:
+    index = jnp.maximum(jnp.asarray(lengths).reshape(-1) - 1, 0)  # (B,)
+    return jnp.take_along_axis(window[..., 0], index[:, None], axis=1)  # (B, 1)
