@@ -1,4 +1,4 @@
-"""Train a zoo model: `python train.py --model cnn --dataset digits --epochs 12 --out runs/cnn`.
+"""Train a zoo model: `python train.py --model cnn --dataset digits --epochs 20 --out runs/cnn`.
 
 A thin CLI over `zoo.training.train_and_evaluate`: parse and validate flags into a `TrainConfig`,
 log the devices, run. Bad flags or values exit with status 2 and one line naming the flag.
@@ -45,14 +45,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="model hyperparameter, e.g. --model-option features=32,64 (Python literal values)",
     )
-    parser.add_argument("--dataset", choices=data.DATASETS)
+    preset = " (default: the model's preset)"
+    parser.add_argument("--dataset", choices=data.DATASETS, help="dataset" + preset)
     parser.add_argument("--data-path", default=None, help="mnist.npz or a directory of IDX files")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--optimizer")
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--momentum", type=float)
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--epochs", type=int, help="passes over the training split" + preset)
+    parser.add_argument("--batch-size", type=int, help="examples per step" + preset)
+    parser.add_argument("--optimizer", help="adam, sgd or rmsprop" + preset)
+    parser.add_argument("--lr", type=float, help="learning rate" + preset)
+    parser.add_argument("--momentum", type=float, help="for sgd and rmsprop" + preset)
+    parser.add_argument("--seed", type=int, help="data split, order, init and dropout" + preset)
     parser.add_argument("--out", default="runs/latest", help="directory for metrics.json")
     return parser.parse_args(argv)
 
