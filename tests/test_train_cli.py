@@ -69,6 +69,15 @@ def test_model_preset_picks_its_dataset(tmp_path):
         (["--model-option", "features"], "--model-option expects KEY=VALUE"),
         (["--model-option", "depth=3"], "model 'cnn' has no option depth"),
         (["--bogus"], "unrecognized arguments: --bogus"),
+        (
+            ["--dataset", "series"],
+            "model 'cnn' is a classify model but dataset 'series' is a regress",
+        ),
+        (["--model", "charlm", "--dataset", "digits"], "'charlm' is a language model"),
+        (
+            ["--model", "lstm", "--dataset", "digits"],
+            "recurrent layers take (batch, steps, features)",
+        ),
     ],
 )
 def test_bad_flags_exit_nonzero_with_one_line(tmp_path, args, flag):

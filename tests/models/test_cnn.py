@@ -111,6 +111,11 @@ def test_convnet_rejects_bad_options(options, match):
         models.create("convnet", **options)
 
 
+def test_seed_cnn_needs_an_image_shape():
+    with pytest.raises(ValueError, match=r"cnn input_shape must be \(height, width, channels\)"):
+        models.create("cnn", input_shape=(24, 1))
+
+
 def test_registry_errors_list_the_valid_choices():
     with pytest.raises(ValueError, match="unknown model 'resnet'; choose from: bigru, bilstm"):
         models.create("resnet")

@@ -90,6 +90,11 @@ def test_bad_inputs_name_the_expected_shape(key, name, options, x, match):
         models.create(name, **options).init(key, x)
 
 
+def test_registry_knows_each_models_task():
+    assert models.task("cnn") == models.task("bigru") == models.task("cnn_lstm") == "classify"
+    assert (models.task("charlm"), models.task("forecast")) == ("language", "regress")
+
+
 def test_bad_lengths_and_options(key):
     model = models.create("lstm", input_shape=(None, 2), hidden_sizes=(3,))
     x = jnp.zeros((2, 4, 2))

@@ -24,6 +24,15 @@ _MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
 }
 
 
+# What each model's output is for: logits over classes, logits at every step, or real values.
+_TASKS: dict[type[nn.Module], str] = {CharLM: "language", Forecaster: "regress"}
+
+
+def task(name: str) -> str:
+    """'classify', 'language' or 'regress': the kind of dataset model `name` trains on."""
+    return _TASKS.get(_lookup(name)[0], "classify")
+
+
 def names() -> list[str]:
     """The registered model names."""
     return sorted(_MODELS)
@@ -72,4 +81,5 @@ __all__ = [
     "names",
     "options",
     "sample",
+    "task",
 ]

@@ -35,6 +35,13 @@ class SeedCNN(nn.Module):
     num_classes: int = 10
     input_shape: Sequence[int] = (28, 28, 1)
 
+    def __post_init__(self):
+        if len(self.input_shape) != 3:
+            raise ValueError(
+                f"cnn input_shape must be (height, width, channels), got {tuple(self.input_shape)}"
+            )
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         del train  # no dropout or batch norm; kept so every model has one call signature

@@ -77,6 +77,11 @@ def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
 def build_model(config: TrainConfig, dataset: Dataset):
     """The registry model for `config`, shaped for `dataset`: its input shape (for models that
     fix one) and its output width (`num_classes`, or a forecaster's `horizon`)."""
+    if models.task(config.model) != dataset.task:
+        raise ConfigError(
+            f"model {config.model!r} is a {models.task(config.model)} model but dataset "
+            f"{config.dataset!r} is a {dataset.task} dataset; pick a matching --dataset or --model"
+        )
     accepted = models.options(config.model)
     fixed = {"horizon" if "horizon" in accepted else "num_classes": dataset.num_classes}
     if "input_shape" in accepted:
