@@ -7,7 +7,7 @@ from zoo.data.digits import load_digits
 from zoo.data.mnist import load_mnist, read_idx
 from zoo.data.sequences import load_digits_sequences, load_digits_strips, pad_sequences
 from zoo.data.series import load_series, naive_forecast_mse
-from zoo.data.splits import TASKS, Dataset, Split, split_by_seed
+from zoo.data.splits import Dataset, Split, map_splits, split_by_seed, split_sizes
 from zoo.data.text import load_text
 
 _LOADERS: dict[str, Callable[[int], Dataset]] = {
@@ -39,7 +39,6 @@ def load(name: str, *, seed: int = 0, path: str | None = None) -> Dataset:
 
 __all__ = [
     "DATASETS",
-    "TASKS",
     "Batch",
     "Dataset",
     "Split",
@@ -52,9 +51,11 @@ __all__ = [
     "load_mnist",
     "load_series",
     "load_text",
+    "map_splits",
     "naive_forecast_mse",
     "num_batches",
     "pad_sequences",
     "read_idx",
     "split_by_seed",
+    "split_sizes",
 ]

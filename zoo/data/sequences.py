@@ -6,7 +6,7 @@ from typing import Literal
 import numpy as np
 
 from zoo.data.digits import load_digits
-from zoo.data.splits import Dataset, Split
+from zoo.data.splits import Dataset, Split, map_splits
 
 
 def pad_sequences(
@@ -62,12 +62,7 @@ def pad_sequences(
 def load_digits_sequences(*, seed: int = 0, image_size: int = 28) -> Dataset:
     """The digits read row by row: `(N, rows, columns)`, rows as timesteps."""
     dataset = load_digits(seed=seed, image_size=image_size)
-    squeeze = lambda split: Split(split.x[..., 0], split.y)  # noqa: E731
-    return dataset._replace(
-        train=squeeze(dataset.train),
-        validation=squeeze(dataset.validation),
-        test=squeeze(dataset.test),
-    )
+    return map_splits(dataset, lambda split: Split(split.x[..., 0], split.y))
 
 
 def load_digits_strips(*, seed: int = 0, strips: int = 4) -> Dataset:
@@ -75,7 +70,5 @@ def load_digits_strips(*, seed: int = 0, strips: int = 4) -> Dataset:
     if 28 % strips:
         raise ValueError(f"strips must divide 28, got {strips}")
     dataset = load_digits(seed=seed, image_size=28)
-    cut = lambda split: Split(split.x.reshape(len(split.x), strips, 28 // strips, 28, 1), split.y)  # noqa: E731
-    return dataset._replace(
-        train=cut(dataset.train), validation=cut(dataset.validation), test=cut(dataset.test)
-    )
+    shape = (strips, 28 // strips, 28, 1)
+    return map_splits(dataset, lambda split: Split(split.x.reshape(-1, *shape), split.y))

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from zoo.data.splits import Dataset, Split
+from zoo.data.splits import Dataset, Split, split_sizes
 
 
 def sunspots() -> np.ndarray:
@@ -31,8 +31,8 @@ def load_series(
 ) -> Dataset:
     """Sliding windows `x (N, window, 1)` and targets `y (N, horizon)`, standardised."""
     values = sunspots()
-    n_test, n_val = round(len(values) * test), round(len(values) * validation)
-    train_end, val_end = len(values) - n_test - n_val, len(values) - n_test
+    n_train, n_val, _ = split_sizes(len(values), validation=validation, test=test)
+    train_end, val_end = n_train, n_train + n_val
     mean, std = values[:train_end].mean(), values[:train_end].std()
     scaled = (values - mean) / std
     # Validation and test windows may look back into the previous part; their targets never do.

@@ -1,10 +1,9 @@
 """The labelled-array container every dataset returns, and deterministic splitting."""
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
-
-TASKS = ("classify", "language", "regress")
 
 
 class Split(NamedTuple):
@@ -34,6 +33,23 @@ class Dataset(NamedTuple):
         return tuple(self.train.x.shape[1:])
 
 
+def split_sizes(num_examples: int, *, validation: float, test: float) -> tuple[int, int, int]:
+    """`(train, validation, test)` counts for the given fractions, rounded."""
+    if not (0 <= validation < 1 and 0 <= test < 1 and validation + test < 1):
+        raise ValueError(
+            f"split fractions validation={validation}, test={test} must leave a train set"
+        )
+    n_test, n_val = round(num_examples * test), round(num_examples * validation)
+    return num_examples - n_val - n_test, n_val, n_test
+
+
+def map_splits(dataset: Dataset, fn: Callable[[Split], Split]) -> Dataset:
+    """`dataset` with `fn` applied to each of its three splits."""
+    return dataset._replace(
+        train=fn(dataset.train), validation=fn(dataset.validation), test=fn(dataset.test)
+    )
+
+
 def split_by_seed(
     x: np.ndarray, y: np.ndarray, *, seed: int, validation: float, test: float
 ) -> tuple[Split, Split, Split]:
@@ -41,13 +57,8 @@ def split_by_seed(
 
     The same seed always gives the same split, independent of anything else in the run.
     """
-    if not (0 <= validation < 1 and 0 <= test < 1 and validation + test < 1):
-        raise ValueError(
-            f"split fractions validation={validation}, test={test} must leave a train set"
-        )
+    _, n_val, n_test = split_sizes(len(x), validation=validation, test=test)
     order = np.random.default_rng(seed).permutation(len(x))
-    n_test = round(len(x) * test)
-    n_val = round(len(x) * validation)
     parts = np.split(order, [n_test, n_test + n_val])
     test_split, val_split, train_split = (Split(x[idx], y[idx]) for idx in parts)
     return train_split, val_split, test_split

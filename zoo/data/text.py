@@ -7,7 +7,7 @@ is ever seen in training. Each example is `seq_len` characters and the next char
 
 import numpy as np
 
-from zoo.data.splits import Dataset, Split
+from zoo.data.splits import Dataset, Split, split_sizes
 
 
 def corpus() -> str:
@@ -22,11 +22,9 @@ def load_text(
     """Loads the corpus (or `text`): `x (N, seq_len)` int32 tokens, `y` the same shifted by one."""
     text = corpus() if text is None else text
     vocab = "".join(sorted(set(text)))
-    ids = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    lookup = {ord(c): i for i, c in enumerate(vocab)}
-    tokens = np.array([lookup[c] for c in ids.tolist()], dtype=np.int32)
-    n_test, n_val = round(len(tokens) * test), round(len(tokens) * validation)
-    train_end, val_end = len(tokens) - n_test - n_val, len(tokens) - n_test
+    tokens = encode(text, vocab)
+    n_train, n_val, _ = split_sizes(len(tokens), validation=validation, test=test)
+    train_end, val_end = n_train, n_train + n_val
     parts = tokens[:train_end], tokens[train_end:val_end], tokens[val_end:]
     splits = [windows(part, seq_len) for part in parts]
     if len(splits[0].x) == 0:
