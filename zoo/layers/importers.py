@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.layers.recurrent import GATES
+from zoo.layers.recurrent import GATES, check_cell
 
 
 def _layer_names(num_layers: int, bidirectional: bool) -> list[tuple[str, str]]:
@@ -31,7 +31,7 @@ def from_torch(state_dict: Mapping[str, Any], cell: str) -> dict[str, dict[str, 
     PyTorch keeps `W_ih (G*H, F)`, `W_hh (G*H, H)` and two biases in zoo's gate order; LSTM biases
     are summed, GRU's hidden bias becomes `recurrent_bias` (PyTorch's GRU is `reset_after=True`).
     """
-    _check_cell(cell)
+    check_cell(cell)
     if any("weight_hr" in key for key in state_dict):
         raise ValueError("LSTMs with proj_size are not supported")
     num_layers = 1 + max(int(key.split("_l")[1].split("_")[0]) for key in state_dict)
@@ -64,7 +64,7 @@ def from_keras(
     layout is zoo's; Keras' GRU gates `z, r, h` are reordered to `r, z, n`, and with `reset_after`
     its `(2, 3H)` bias splits into `bias` and `recurrent_bias`.
     """
-    _check_cell(cell)
+    check_cell(cell)
     per_direction = 3
     params = {}
     names = _layer_names(len(layer_weights), bidirectional)
@@ -116,11 +116,6 @@ def _get(state_dict: Mapping[str, Any], key: str) -> np.ndarray:
     value = state_dict[key]
     value = value.detach().cpu().numpy() if hasattr(value, "detach") else value
     return np.asarray(value, np.float32)
-
-
-def _check_cell(cell: str) -> None:
-    if cell not in GATES:
-        raise ValueError(f"unknown cell {cell!r}; choose from: {', '.join(GATES)}")
 
 
 def _check_gates(width: int, cell: str, hidden: int, what: str) -> None:

@@ -47,6 +47,12 @@ class LSTMState(NamedTuple):
 GATES = {"lstm": 4, "gru": 3}
 
 
+def check_cell(cell: str) -> None:
+    """Rejects a cell name other than 'lstm' and 'gru', naming the choices."""
+    if cell not in GATES:
+        raise ValueError(f"unknown cell {cell!r}; choose from: {', '.join(GATES)}")
+
+
 def project(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     """`x @ kernel + bias` with the bias broadcast explicitly (safe under strict rank promotion)."""
     y = x @ kernel
@@ -185,8 +191,7 @@ class Recurrent(nn.Module):
         mask: jax.Array | None = None,
         initial_state: Carry | None = None,
     ) -> tuple[Carry, jax.Array]:
-        if self.cell not in GATES:
-            raise ValueError(f"unknown cell {self.cell!r}; choose from: {', '.join(GATES)}")
+        check_cell(self.cell)
         if x.ndim != 3:
             raise ValueError(f"recurrent layers take (batch, steps, features), got shape {x.shape}")
         batch, steps, features = x.shape

@@ -15,13 +15,12 @@ import jax
 import jax.numpy as jnp
 
 from zoo.layers.conv import max_pool
-from zoo.layers.recurrent import GATES, StackedRNN
+from zoo.layers.recurrent import StackedRNN, check_cell
 from zoo.models.inputs import batch_shape, check_input
 
 
 def _check_options(cell: str, dropout: float, hidden_sizes: Sequence[int]) -> None:
-    if cell not in GATES:
-        raise ValueError(f"unknown cell {cell!r}; choose from: {', '.join(GATES)}")
+    check_cell(cell)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if not hidden_sizes or min(hidden_sizes) < 1:
