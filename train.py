@@ -1,7 +1,8 @@
 """Train a zoo model: `python train.py --model cnn --dataset digits --epochs 20 --out runs/cnn`.
 
-A thin CLI over `zoo.training.train_and_evaluate`: parse and validate flags into a `TrainConfig`,
-log the devices, run. Bad flags or values exit with status 2 and one line naming the flag.
+A thin CLI over `zoo.training`: parse and validate flags into a `TrainConfig`, log the devices,
+run. `python train.py search --space lr=1e-3,3e-3 ...` runs a hyperparameter search whose trials
+are such runs. Bad flags or values exit with status 2 and one line naming the flag.
 """
 
 import argparse
@@ -12,19 +13,78 @@ import jax
 
 from zoo import data, models
 from zoo.training import ConfigError, TrainConfig, train_and_evaluate
+from zoo.training.config import AUGMENTATIONS, MONITORS, OPTIMIZERS, REGULARIZE, SCHEDULES
+from zoo.training.search import METHODS, format_table, load_space, parse_space_args, run_search
 
+PRESET = " (default: the model's preset)"
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return () if text == "none" else tuple(name.strip() for name in text.split(",") if name)
+
+
+# (config field, flag, argparse options); every flag defaults to None, meaning "the preset".
+_CONFIG_FLAGS = [
+    ("dataset", "--dataset", {"choices": data.DATASETS, "help": "dataset" + PRESET}),
+    ("data_path", "--data-path", {"help": "mnist.npz or a directory of IDX files"}),
+    ("epochs", "--epochs", {"type": int, "help": "passes over the training split" + PRESET}),
+    ("batch_size", "--batch-size", {"type": int, "help": "examples per step" + PRESET}),
+    ("optimizer", "--optimizer", {"help": ", ".join(OPTIMIZERS) + PRESET}),
+    ("learning_rate", "--lr", {"type": float, "help": "(peak) learning rate" + PRESET}),
+    ("momentum", "--momentum", {"type": float, "help": "for sgd and rmsprop (default 0.9)"}),
+    (
+        "nesterov",
+        "--nesterov",
+        {
+            "action": "store_const",
+            "const": True,
+            "help": "Nesterov momentum (NAdam for adam/adamw)",
+        },
+    ),
+    ("schedule", "--schedule", {"help": ", ".join(SCHEDULES) + " (default constant)"}),
+    ("warmup_steps", "--warmup-steps", {"type": int, "help": "linear warmup of warmup_cosine"}),
+    (
+        "decay_rate",
+        "--decay-rate",
+        {"type": float, "help": "exponential: lr factor per epoch (default 0.9)"},
+    ),
+    ("clip_norm", "--clip-norm", {"type": float, "help": "clip gradients to this global norm"}),
+    ("l1", "--l1", {"type": float, "help": "L1 penalty l1*sum|w| in the loss"}),
+    ("l2", "--l2", {"type": float, "help": "L2 penalty l2*sum(w^2) in the loss"}),
+    (
+        "weight_decay",
+        "--weight-decay",
+        {"type": float, "help": "decoupled weight decay (adamw: default 1e-4)"},
+    ),
+    (
+        "regularize",
+        "--regularize",
+        {
+            "help": " or ".join(REGULARIZE)
+            + ": weights that l1/l2/weight decay touch (default kernels)"
+        },
+    ),
+    (
+        "augment",
+        "--augment",
+        {
+            "type": _names,
+            "metavar": "NAMES",
+            "help": f"comma list of {', '.join(AUGMENTATIONS)}, or none",
+        },
+    ),
+    ("patience", "--patience", {"type": int, "help": "early stopping: epochs without improvement"}),
+    ("min_delta", "--min-delta", {"type": float, "help": "early stopping: smallest improvement"}),
+    (
+        "monitor",
+        "--monitor",
+        {"help": ", ".join(MONITORS) + " (default val_accuracy, or val_loss for non-classifiers)"},
+    ),
+    ("seed", "--seed", {"type": int, "help": "data split, order, init, dropout, augmentation"}),
+]
 # Config fields and the flags that set them, for error messages that name what the user typed.
-_FLAGS = {
-    "model": "--model",
-    "model_options": "--model-option",
-    "dataset": "--dataset",
-    "data_path": "--data-path",
-    "epochs": "--epochs",
-    "batch_size": "--batch-size",
-    "optimizer": "--optimizer",
-    "learning_rate": "--lr",
-    "momentum": "--momentum",
-    "seed": "--seed",
+_FLAGS = {"model": "--model", "model_options": "--model-option"} | {
+    field: flag for field, flag, _ in _CONFIG_FLAGS
 }
 
 
@@ -33,11 +93,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    defaults = TrainConfig()
-    parser = _Parser(prog="train.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=defaults.model, choices=models.names())
-    # None means "the model's preset" (zoo.training.config.PRESETS).
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=TrainConfig().model, choices=models.names())
     parser.add_argument(
         "--model-option",
         action="append",
@@ -45,17 +102,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="model hyperparameter, e.g. --model-option features=32,64 (Python literal values)",
     )
-    preset = " (default: the model's preset)"
-    parser.add_argument("--dataset", choices=data.DATASETS, help="dataset" + preset)
-    parser.add_argument("--data-path", default=None, help="mnist.npz or a directory of IDX files")
-    parser.add_argument("--epochs", type=int, help="passes over the training split" + preset)
-    parser.add_argument("--batch-size", type=int, help="examples per step" + preset)
-    parser.add_argument("--optimizer", help="adam, sgd or rmsprop" + preset)
-    parser.add_argument("--lr", type=float, help="learning rate" + preset)
-    parser.add_argument("--momentum", type=float, help="for sgd and rmsprop" + preset)
-    parser.add_argument("--seed", type=int, help="data split, order, init and dropout" + preset)
-    parser.add_argument("--out", default="runs/latest", help="directory for metrics.json")
-    return parser.parse_args(argv)
+    for field, flag, options in _CONFIG_FLAGS:
+        parser.add_argument(flag, dest=field, **options)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    if argv[:1] == ["search"]:
+        parser = _Parser(prog="train.py search", description="Hyperparameter search.")
+        _add_run_flags(parser)
+        parser.add_argument(
+            "--space",
+            action="append",
+            default=[],
+            metavar="NAME=VALUES",
+            help="a config field or model.OPTION with values V1,V2 or a range "
+            "uniform/loguniform/int/logint(low,high); repeat per parameter",
+        )
+        parser.add_argument("--space-file", help="the space as a .json or .toml file")
+        parser.add_argument("--method", default="grid", choices=METHODS)
+        parser.add_argument("--trials", type=int, help="trials for random/tpe (grid: all)")
+        parser.add_argument("--out", default="runs/search", help="directory for search.json")
+        args = parser.parse_args(argv[1:])
+        args.command = "search"
+        return args
+    parser = _Parser(prog="train.py", description=__doc__.splitlines()[0])
+    _add_run_flags(parser)
+    parser.add_argument("--out", default="runs/latest", help="directory for metrics and plots")
+    parser.add_argument("--plot", action="store_true", help="write curves.png and confusion.png")
+    args = parser.parse_args(argv)
+    args.command = "train"
+    return args
 
 
 def parse_model_options(pairs: list[str]) -> dict:
@@ -71,29 +148,54 @@ def parse_model_options(pairs: list[str]) -> dict:
     return options
 
 
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    given = {field: getattr(args, field) for field, _, _ in _CONFIG_FLAGS}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    overrides["model_options"] = parse_model_options(args.model_option)
+    return TrainConfig.for_model(args.model, **overrides)
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
-        given = {
-            "model_options": parse_model_options(args.model_option),
-            "dataset": args.dataset,
-            "data_path": args.data_path,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "optimizer": args.optimizer,
-            "learning_rate": args.lr,
-            "momentum": args.momentum,
-            "seed": args.seed,
-        }
-        overrides = {k: v for k, v in given.items() if v is not None}
-        config = TrainConfig.for_model(args.model, **overrides)
-        print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}", flush=True)
-        train_and_evaluate(config, args.out, log=lambda line: print(line, flush=True))
+        config = build_config(args)
+        if args.command == "search":
+            space = load_space(args.space_file) if args.space_file else None
+            if args.space:
+                space = {**(space or {}), **parse_space_args(_field_names(args.space))}
+            if not space:
+                raise ConfigError("search needs --space NAME=VALUES or --space-file")
+        log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+        log(f"devices: {jax.device_count()} x {jax.devices()[0].platform}")
+        if args.command == "search":
+            summary = run_search(
+                config, space, args.out, method=args.method, trials=args.trials, log=log
+            )
+            print(format_table(summary))
+            print(f"wrote {args.out}/search.json")
+            return 0
+        train_and_evaluate(
+            config,
+            args.out,
+            log=lambda line: print(line, flush=True),
+            verbose=not args.quiet,
+            plot=args.plot,
+        )
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"train.py: error: {_with_flag(str(error))}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out}/metrics.json")
+    print(f"wrote {args.out}/metrics.json" + (", curves.png, confusion.png" if args.plot else ""))
     return 0
+
+
+def _field_names(pairs: list[str]) -> list[str]:
+    """Lets --space use flag names (lr=..., batch-size=...) as well as config fields."""
+    by_flag = {flag.lstrip("-"): field for field, flag in _FLAGS.items()}
+    named = []
+    for pair in pairs:
+        name, sep, rest = pair.partition("=")
+        named.append(by_flag.get(name, name.replace("-", "_")) + sep + rest)
+    return named
 
 
 def _with_flag(message: str) -> str:

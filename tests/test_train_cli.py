@@ -62,7 +62,7 @@ def test_model_preset_picks_its_dataset(tmp_path):
         (["--epochs", "three"], "argument --epochs: invalid int value"),
         (["--lr", "-0.1"], "--lr must be > 0"),
         (["--model", "resnet"], "argument --model: invalid choice: 'resnet'"),
-        (["--optimizer", "adagrad"], "--optimizer must be one of adam, sgd, rmsprop"),
+        (["--optimizer", "adagrad"], "--optimizer must be one of adam, adamw, sgd, rmsprop"),
         (["--batch-size", "5000"], "--batch-size 5000 is larger than the 1258 training examples"),
         (["--dataset", "mnist"], "mnist dataset needs a path"),
         (["--dataset", "mnist", "--data-path", "/nope.npz"], "/nope.npz"),
@@ -86,3 +86,104 @@ def test_bad_flags_exit_nonzero_with_one_line(tmp_path, args, flag):
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and flag in errors[0], result.stderr
     assert not (tmp_path / "metrics.json").exists()
+
+
+def _main(*args: str) -> int:
+    sys.path.insert(0, ROOT)
+    try:
+        import train
+    finally:
+        sys.path.remove(ROOT)
+    return train.main(list(args))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--augment", "shift,blur"],
+            "--augment must be one of flip, rotate, shift, noise, got 'blur'",
+        ),
+        (["--augment", "shift", "--model", "lstm"], "augment needs images"),
+        (["--patience", "0"], "--patience must be >= 1"),
+        (["--schedule", "warmup_cosine"], "--warmup-steps must be >= 1 with schedule"),
+        (["--schedule", "warmup_cosine", "--warmup-steps", "99999"], "--warmup-steps 99999 must"),
+        (["--warmup-steps", "5"], "--warmup-steps is only used by schedule 'warmup_cosine'"),
+        (["--clip-norm", "0"], "--clip-norm must be > 0"),
+        (["--l2", "-1"], "--l2 must be >= 0"),
+        (["--weight-decay", "nan"], "--weight-decay must be >= 0"),
+        (["--regularize", "biases"], "--regularize must be one of kernels, all"),
+        (["--monitor", "val_mse"], "monitor 'val_mse' is not reported for classify models"),
+        (["search"], "search needs --space"),
+        (["search", "--space", "lr=uniform(1,0)"], "0 < low < high"),
+        (["search", "--space", "depth=1,2"], "unknown parameter 'depth'"),
+        (["search", "--space", "lr=uniform(0.1,1)"], "learning_rate is a range"),
+        (["search", "--space", "lr=0.1", "--method", "random"], "trials must be >= 1"),
+    ],
+)
+def test_bad_training_flags_name_the_flag(tmp_path, capsys, args, message):
+    assert _main(*args, "--out", str(tmp_path)) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_quiet_prints_only_the_result_and_flags_reach_the_config(tmp_path):
+    result = run_cli(
+        "--quiet",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "128",
+        "--optimizer",
+        "sgd",
+        "--nesterov",
+        "--schedule",
+        "cosine",
+        "--clip-norm",
+        "1.0",
+        "--l2",
+        "1e-4",
+        "--weight-decay",
+        "1e-4",
+        "--augment",
+        "shift,noise",
+        "--patience",
+        "3",
+        "--min-delta",
+        "0.001",
+        "--monitor",
+        "val_loss",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("test | ") and "epoch" not in result.stdout
+    assert result.stderr == ""  # no progress bar when not on a terminal
+    config = json.loads((tmp_path / "metrics.json").read_text())["config"]
+    assert config["nesterov"] is True and config["schedule"] == "cosine"
+    assert config["augment"] == ["shift", "noise"] and config["monitor"] == "val_loss"
+    assert (config["clip_norm"], config["l2"], config["weight_decay"]) == (1.0, 1e-4, 1e-4)
+
+
+def test_search_over_a_2x2_grid_runs_4_trials_and_ranks_them(tmp_path):
+    result = run_cli(
+        "search",
+        "--epochs",
+        "1",
+        "--space",
+        "lr=3e-4,3e-3",
+        "--space",
+        "batch-size=64,128",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "search.json").read_text())
+    values = [trial["value"] for trial in summary["trials"]]
+    assert len(values) == 4 and values == sorted(values, reverse=True)  # val_accuracy: higher first
+    points = {(t["params"]["learning_rate"], t["params"]["batch_size"]) for t in summary["trials"]}
+    assert points == {(3e-4, 64), (3e-4, 128), (3e-3, 64), (3e-3, 128)}
+    table = result.stdout[result.stdout.index("rank") :].splitlines()
+    assert len(table) == 6 and table[-1] == f"wrote {tmp_path}/search.json"

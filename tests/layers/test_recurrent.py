@@ -35,17 +35,19 @@ def numpy_lstm_step(p, h, c, x):
     return o * np.tanh(c), c
 
 
-def numpy_gru_step(p, h, x, reset_after):
+def numpy_gru_step(p, h, x, reset_after, h_mask=1.0):
+    """`h_mask` (recurrent dropout) scales the h of the matmuls only, not of `z * h` (Keras)."""
     W, U, b = (np.asarray(p[k], np.float64) for k in ("kernel", "recurrent_kernel", "bias"))
     n = U.shape[0]
     rb = np.asarray(p["recurrent_bias"], np.float64) if reset_after else np.zeros(3 * n)
     part = lambda m, k: m[..., k * n : (k + 1) * n]  # noqa: E731
-    r = sigmoid(x @ part(W, 0) + part(b, 0) + h @ part(U, 0) + part(rb, 0))
-    z = sigmoid(x @ part(W, 1) + part(b, 1) + h @ part(U, 1) + part(rb, 1))
+    hd = h * h_mask
+    r = sigmoid(x @ part(W, 0) + part(b, 0) + hd @ part(U, 0) + part(rb, 0))
+    z = sigmoid(x @ part(W, 1) + part(b, 1) + hd @ part(U, 1) + part(rb, 1))
     if reset_after:
-        cand = np.tanh(x @ part(W, 2) + part(b, 2) + r * (h @ part(U, 2) + part(rb, 2)))
+        cand = np.tanh(x @ part(W, 2) + part(b, 2) + r * (hd @ part(U, 2) + part(rb, 2)))
     else:
-        cand = np.tanh(x @ part(W, 2) + part(b, 2) + (r * h) @ part(U, 2))
+        cand = np.tanh(x @ part(W, 2) + part(b, 2) + (r * hd) @ part(U, 2))
     return (1 - z) * cand + z * h
 
 
@@ -214,3 +216,49 @@ def test_wrong_feature_size_is_reported():
     variables = layer.init(jax.random.key(0), jnp.ones((B, T, F)))
     with pytest.raises(Exception, match=r"kernel.*\(4, 6\).*\(7, 6\)|\(7, 6\).*\(4, 6\)"):
         layer.apply(variables, jnp.ones((B, T, 7)))
+
+
+@pytest.mark.parametrize("cell, reset_after", [("lstm", True), ("gru", True), ("gru", False)])
+def test_recurrent_dropout_uses_one_mask_per_sequence(cell, reset_after):
+    """The mask is drawn once, (B, H), and the layer equals a NumPy loop using it at every step."""
+    rate, hidden = 0.5, 6
+    layer = Recurrent(cell, hidden, reset_after=reset_after, recurrent_dropout=rate)
+    x = jax.random.normal(jax.random.key(3), (B, T, F))
+    variables = layer.init(jax.random.key(2), x)
+    (_, outputs), sown = layer.apply(
+        variables, x, train=True, rngs={"dropout": jax.random.key(7)}, mutable=["intermediates"]
+    )
+    (mask,) = sown["intermediates"]["recurrent_mask"]
+    assert mask.shape == (B, hidden)
+    assert set(np.unique(mask)) == {0.0, 1 / (1 - rate)}
+    assert len({tuple(row) for row in np.asarray(mask)}) > 1  # each sequence its own mask
+
+    p, xs, m = variables["params"], np.asarray(x, np.float64), np.asarray(mask, np.float64)
+    h = c = np.zeros((B, hidden))
+    for t in range(T):
+        if cell == "lstm":
+            h, c = numpy_lstm_step(p, h * m, c, xs[:, t])
+        else:
+            h = numpy_gru_step(p, h, xs[:, t], reset_after, h_mask=m)
+        np.testing.assert_allclose(outputs[:, t], h, rtol=1e-4, atol=1e-5)
+
+    evaluation = layer.apply(variables, x)  # train=False: no dropout
+    plain = Recurrent(cell, hidden, reset_after=reset_after).apply(variables, x)
+    chex.assert_trees_all_close(evaluation, plain)
+    assert not np.allclose(evaluation[1], outputs)
+
+
+def test_stacked_rnn_passes_recurrent_dropout_to_every_layer():
+    rnn = StackedRNN("lstm", (H, H), bidirectional=True, recurrent_dropout=0.3)
+    x = jnp.ones((B, T, F))
+    variables = rnn.init(jax.random.key(0), x)
+    _, sown = rnn.apply(
+        variables, x, train=True, rngs={"dropout": jax.random.key(1)}, mutable=["intermediates"]
+    )
+    assert len(jax.tree.leaves(sown)) == 4  # two layers, two directions
+
+
+def test_bad_recurrent_dropout_is_named():
+    x = jnp.ones((B, T, F))
+    with pytest.raises(ValueError, match="recurrent_dropout must be in"):
+        Recurrent("lstm", H, recurrent_dropout=1.0).init(jax.random.key(0), x)

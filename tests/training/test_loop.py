@@ -110,3 +110,35 @@ def test_model_options_cannot_override_dataset_shape(tmp_path):
     config = TrainConfig(model_options={"num_classes": 3})
     with pytest.raises(ConfigError, match="may not set num_classes"):
         train_and_evaluate(config, str(tmp_path))
+
+
+def test_train_step_augments_on_device_deterministically(digits):
+    model = models.create("cnn")
+    batch = next(data.batches(digits.train, 16))
+
+    def one_step(**options):
+        state = create_train_state(model, TrainConfig(**options), digits.train.x[:1])
+        return train_step(state, batch)[1]["loss_sum"]
+
+    plain = one_step()
+    augmented = one_step(augment=("shift", "rotate", "noise"))
+    assert float(augmented) != float(plain)
+    assert float(one_step(augment=("shift", "rotate", "noise"))) == float(augmented)
+    assert float(one_step(augment=("shift", "rotate", "noise"), seed=1)) != float(augmented)
+
+
+def test_augment_needs_image_inputs():
+    sequences = _dataset(np.zeros((5, 28, 28)), np.zeros(5, int))
+    with pytest.raises(ConfigError, match=r"augment needs images .* shape \(5, 28, 28\)"):
+        check_dataset(sequences, TrainConfig(batch_size=2, augment=("shift",)))
+
+
+def test_metrics_jsonl_has_one_line_per_epoch_and_plots_are_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    config = TrainConfig(epochs=2, batch_size=128)
+    results = train_and_evaluate(config, str(tmp_path), log=lambda _: None, plot=True)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == json.loads(json.dumps(results["history"]))
+    assert [line["epoch"] for line in lines] == [1, 2]
+    for name in ("curves.png", "confusion.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

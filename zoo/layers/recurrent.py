@@ -23,8 +23,12 @@ Equations, with x_t the input and h, c the carry:
 The input projection `x W + b` of all timesteps is one matmul before the scan; only `h U` runs
 inside it (`lstm_step`, `gru_step`). With `lengths`, a sequence's carry stops changing after its
 last valid step and its outputs there are zero, so a padded batch gives each sequence's own result.
+
+Recurrent dropout (Gal & Ghahramani 2016; Keras' `recurrent_dropout`) multiplies the `h` that
+enters `h U` by a mask `(B, H)` drawn once per sequence, before the scan, and used at every step.
 """
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -60,10 +64,16 @@ def project(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
 
 
 def lstm_step(
-    params: CellParams, carry: LSTMState, projected: jax.Array
+    params: CellParams,
+    carry: LSTMState,
+    projected: jax.Array,
+    *,
+    h_mask: jax.Array | None = None,
 ) -> tuple[LSTMState, jax.Array]:
-    """The recurrent half of an LSTM step; `projected` is `x W + b`, `(B, 4H)`."""
-    gates = projected + carry.h @ params["recurrent_kernel"]  # (B, 4H)
+    """The recurrent half of an LSTM step; `projected` is `x W + b`, `(B, 4H)`; `h_mask` `(B, H)`
+    is the recurrent dropout mask."""
+    h_in = carry.h if h_mask is None else carry.h * h_mask
+    gates = projected + h_in @ params["recurrent_kernel"]  # (B, 4H)
     i, f, g, o = jnp.split(gates, 4, axis=-1)
     c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * jnp.tanh(g)
     h = jax.nn.sigmoid(o) * jnp.tanh(c)
@@ -71,35 +81,55 @@ def lstm_step(
 
 
 def gru_step(
-    params: CellParams, carry: jax.Array, projected: jax.Array, *, reset_after: bool = True
+    params: CellParams,
+    carry: jax.Array,
+    projected: jax.Array,
+    *,
+    reset_after: bool = True,
+    h_mask: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """The recurrent half of a GRU step; `projected` is `x W + b`, `(B, 3H)`."""
+    """The recurrent half of a GRU step; `projected` is `x W + b`, `(B, 3H)`; `h_mask` `(B, H)`
+    is the recurrent dropout mask (it touches `h U` only, not the `z ⊙ h` update)."""
     hidden = carry.shape[-1]
     x_r, x_z, x_n = jnp.split(projected, 3, axis=-1)
     recurrent = params["recurrent_kernel"]  # (H, 3H)
+    h_in = carry if h_mask is None else carry * h_mask
     if reset_after:
-        h_r, h_z, h_n = jnp.split(project(carry, recurrent, params["recurrent_bias"]), 3, axis=-1)
+        h_r, h_z, h_n = jnp.split(project(h_in, recurrent, params["recurrent_bias"]), 3, axis=-1)
         r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
         n = jnp.tanh(x_n + r * h_n)
     else:
-        h_r, h_z = jnp.split(carry @ recurrent[:, : 2 * hidden], 2, axis=-1)
+        h_r, h_z = jnp.split(h_in @ recurrent[:, : 2 * hidden], 2, axis=-1)
         r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
-        n = jnp.tanh(x_n + (r * carry) @ recurrent[:, 2 * hidden :])
+        n = jnp.tanh(x_n + (r * h_in) @ recurrent[:, 2 * hidden :])
     h = (1.0 - z) * n + z * carry
     return h, h
 
 
-def lstm_cell(params: CellParams, carry: LSTMState, x: jax.Array) -> tuple[LSTMState, jax.Array]:
+def lstm_cell(
+    params: CellParams, carry: LSTMState, x: jax.Array, *, h_mask: jax.Array | None = None
+) -> tuple[LSTMState, jax.Array]:
     """One LSTM step with scan's signature: `(carry, x (B, F)) -> (carry, h (B, H))`."""
-    return lstm_step(params, carry, project(x, params["kernel"], params["bias"]))
+    return lstm_step(params, carry, project(x, params["kernel"], params["bias"]), h_mask=h_mask)
 
 
 def gru_cell(
-    params: CellParams, carry: jax.Array, x: jax.Array, *, reset_after: bool = True
+    params: CellParams,
+    carry: jax.Array,
+    x: jax.Array,
+    *,
+    reset_after: bool = True,
+    h_mask: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """One GRU step with scan's signature: `(h (B, H), x (B, F)) -> (h, h)`."""
     projected = project(x, params["kernel"], params["bias"])
-    return gru_step(params, carry, projected, reset_after=reset_after)
+    return gru_step(params, carry, projected, reset_after=reset_after, h_mask=h_mask)
+
+
+def dropout_mask(key: jax.Array, shape: tuple[int, ...], rate: float, dtype=jnp.float32):
+    """Inverted-dropout mask: 0 with probability `rate`, else `1 / (1 - rate)`."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, shape)
+    return keep.astype(dtype) / (1.0 - rate)
 
 
 def initial_carry(cell: str, batch_size: int, hidden_size: int, dtype=jnp.float32) -> Carry:
@@ -173,7 +203,9 @@ class Recurrent(nn.Module):
     Returns `(final_carry, outputs (B, T, H))`; `lengths` `(B,)` or `mask` `(B, T)` mark valid
     steps.
     Parameters are named as in the module docstring, so `variables["params"]` of this layer is
-    exactly what `lstm_cell` / `gru_cell` take.
+    exactly what `lstm_cell` / `gru_cell` take. With `recurrent_dropout` and `train=True`, the
+    per-sequence mask comes from the 'dropout' rng and is sown as
+    `intermediates/recurrent_mask`.
     """
 
     cell: str
@@ -181,6 +213,7 @@ class Recurrent(nn.Module):
     reverse: bool = False
     reset_after: bool = True
     unroll: int = 1
+    recurrent_dropout: float = 0.0
 
     @nn.compact
     def __call__(
@@ -190,8 +223,11 @@ class Recurrent(nn.Module):
         *,
         mask: jax.Array | None = None,
         initial_state: Carry | None = None,
+        train: bool = False,
     ) -> tuple[Carry, jax.Array]:
         check_cell(self.cell)
+        if not 0.0 <= self.recurrent_dropout < 1.0:
+            raise ValueError(f"recurrent_dropout must be in [0, 1), got {self.recurrent_dropout}")
         if x.ndim != 3:
             raise ValueError(f"recurrent layers take (batch, steps, features), got shape {x.shape}")
         batch, steps, features = x.shape
@@ -216,12 +252,16 @@ class Recurrent(nn.Module):
         if carry is None:
             carry = initial_carry(self.cell, batch, self.hidden_size, x.dtype)
         projected = project(x, params["kernel"], params["bias"])  # (B, T, G*H): one matmul
+        h_mask = None
+        if train and self.recurrent_dropout:
+            h_mask = dropout_mask(
+                self.make_rng("dropout"), (batch, self.hidden_size), self.recurrent_dropout, x.dtype
+            )  # (B, H): one mask per sequence, the same at every step
+            self.sow("intermediates", "recurrent_mask", h_mask)
         if self.cell == "lstm":
-            step = lstm_step
+            step = functools.partial(lstm_step, h_mask=h_mask)
         else:
-
-            def step(p, c, xt):
-                return gru_step(p, c, xt, reset_after=self.reset_after)
+            step = functools.partial(gru_step, reset_after=self.reset_after, h_mask=h_mask)
 
         return scan_steps(
             step, params, carry, projected, mask, reverse=self.reverse, unroll=self.unroll
@@ -244,6 +284,7 @@ class StackedRNN(nn.Module):
     return_sequences: bool = False
     reset_after: bool = True
     dropout: float = 0.0
+    recurrent_dropout: float = 0.0
     unroll: int = 1
 
     @nn.compact
@@ -265,20 +306,24 @@ class StackedRNN(nn.Module):
             if i and self.dropout:
                 h = nn.Dropout(self.dropout, deterministic=not train)(h)
             init = None if initial_states is None else initial_states[i]
-            options = {"reset_after": self.reset_after, "unroll": self.unroll}
+            options = {
+                "reset_after": self.reset_after,
+                "unroll": self.unroll,
+                "recurrent_dropout": self.recurrent_dropout,
+            }
             if self.bidirectional:
                 init = (None, None) if init is None else init
                 forward = Recurrent(self.cell, hidden, name=f"layer_{i}_forward", **options)
                 backward = Recurrent(
                     self.cell, hidden, reverse=True, name=f"layer_{i}_backward", **options
                 )
-                fwd_state, fwd = forward(h, lengths, initial_state=init[0])
-                bwd_state, bwd = backward(h, lengths, initial_state=init[1])
+                fwd_state, fwd = forward(h, lengths, initial_state=init[0], train=train)
+                bwd_state, bwd = backward(h, lengths, initial_state=init[1], train=train)
                 states.append((fwd_state, bwd_state))
                 h = jnp.concatenate([fwd, bwd], axis=-1)  # (B, T, 2H)
             else:
                 layer = Recurrent(self.cell, hidden, name=f"layer_{i}", **options)
-                state, h = layer(h, lengths, initial_state=init)
+                state, h = layer(h, lengths, initial_state=init, train=train)
                 states.append(state)
         if self.return_sequences:
             return h, states

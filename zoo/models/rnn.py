@@ -19,10 +19,13 @@ from zoo.layers.recurrent import StackedRNN, check_cell
 from zoo.models.inputs import batch_shape, check_input
 
 
-def _check_options(cell: str, dropout: float, hidden_sizes: Sequence[int]) -> None:
+def _check_options(
+    cell: str, dropout: float, hidden_sizes: Sequence[int], recurrent_dropout: float
+) -> None:
     check_cell(cell)
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    for name, rate in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {rate}")
     if not hidden_sizes or min(hidden_sizes) < 1:
         raise ValueError(f"hidden_sizes must be positive, got {hidden_sizes}")
 
@@ -49,6 +52,8 @@ class RNNClassifier(nn.Module):
       hidden_sizes: one hidden size per stacked layer.
       bidirectional: run each layer both ways and concatenate.
       dropout: between stacked layers and before the classifier, in training only.
+      recurrent_dropout: on the hidden state entering each recurrent matmul, one mask per
+        sequence, in training only.
       reset_after: GRU variant (True: PyTorch / Keras default; False: Cho et al.).
       unroll: timesteps per scan iteration (speed only).
     """
@@ -59,11 +64,12 @@ class RNNClassifier(nn.Module):
     hidden_sizes: Sequence[int] = (128, 128)
     bidirectional: bool = False
     dropout: float = 0.0
+    recurrent_dropout: float = 0.0
     reset_after: bool = True
     unroll: int = 1
 
     def __post_init__(self):
-        _check_options(self.cell, self.dropout, self.hidden_sizes)
+        _check_options(self.cell, self.dropout, self.hidden_sizes, self.recurrent_dropout)
         super().__post_init__()
 
     @nn.compact
@@ -79,6 +85,7 @@ class RNNClassifier(nn.Module):
             return_sequences=False,
             reset_after=self.reset_after,
             dropout=self.dropout,
+            recurrent_dropout=self.recurrent_dropout,
             unroll=self.unroll,
         )
         h, _ = rnn(h, _flat_lengths(lengths, batch), train=train)  # (B, H or 2H)
@@ -100,10 +107,11 @@ class CharLM(nn.Module):
     cell: str = "lstm"
     hidden_sizes: Sequence[int] = (512,)
     dropout: float = 0.0
+    recurrent_dropout: float = 0.0
     unroll: int = 1
 
     def __post_init__(self):
-        _check_options(self.cell, self.dropout, self.hidden_sizes)
+        _check_options(self.cell, self.dropout, self.hidden_sizes, self.recurrent_dropout)
         super().__post_init__()
 
     @nn.compact
@@ -123,6 +131,7 @@ class CharLM(nn.Module):
             self.hidden_sizes,
             return_sequences=True,
             dropout=self.dropout,
+            recurrent_dropout=self.recurrent_dropout,
             unroll=self.unroll,
         )
         h, states = rnn(h, initial_states=initial_states, train=train)  # (B, T, H)
@@ -178,6 +187,7 @@ class CNNLSTM(nn.Module):
     cell: str = "lstm"
     hidden_sizes: Sequence[int] = (64,)
     dropout: float = 0.0
+    recurrent_dropout: float = 0.0
 
     def __post_init__(self):
         if len(self.input_shape) != 4:
@@ -185,7 +195,7 @@ class CNNLSTM(nn.Module):
                 f"cnn_lstm input_shape must be (steps, height, width, channels), "
                 f"got {tuple(self.input_shape)}"
             )
-        _check_options(self.cell, self.dropout, self.hidden_sizes)
+        _check_options(self.cell, self.dropout, self.hidden_sizes, self.recurrent_dropout)
         super().__post_init__()
 
     @nn.compact
@@ -200,7 +210,12 @@ class CNNLSTM(nn.Module):
             h = nn.relu(nn.Conv(features, (3, 3), padding="SAME")(h))
             h = max_pool(h, 2) if min(h.shape[1:3]) >= 2 else h
         h = nn.relu(nn.Dense(self.embed_dim)(h.reshape(n, steps, -1)))  # (B, T, E)
-        rnn = StackedRNN(self.cell, self.hidden_sizes, dropout=self.dropout)
+        rnn = StackedRNN(
+            self.cell,
+            self.hidden_sizes,
+            dropout=self.dropout,
+            recurrent_dropout=self.recurrent_dropout,
+        )
         h, _ = rnn(h, _flat_lengths(lengths, batch), train=train)  # (B, H)
         if self.dropout:
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
@@ -220,9 +235,10 @@ class Forecaster(nn.Module):
     cell: str = "lstm"
     hidden_sizes: Sequence[int] = (64,)
     dropout: float = 0.0
+    recurrent_dropout: float = 0.0
 
     def __post_init__(self):
-        _check_options(self.cell, self.dropout, self.hidden_sizes)
+        _check_options(self.cell, self.dropout, self.hidden_sizes, self.recurrent_dropout)
         super().__post_init__()
 
     @nn.compact
@@ -231,9 +247,12 @@ class Forecaster(nn.Module):
     ) -> jax.Array:
         window = check_input(x, self.input_shape, "forecast")  # (B, T, F)
         batch = batch_shape(x, self.input_shape)
-        h, _ = StackedRNN(self.cell, self.hidden_sizes, dropout=self.dropout)(
-            window, _flat_lengths(lengths, batch), train=train
-        )
+        h, _ = StackedRNN(
+            self.cell,
+            self.hidden_sizes,
+            dropout=self.dropout,
+            recurrent_dropout=self.recurrent_dropout,
+        )(window, _flat_lengths(lengths, batch), train=train)
         delta = nn.Dense(self.horizon, kernel_init=nn.initializers.zeros)(h)  # (B, horizon)
         last = window[:, -1, :1] if lengths is None else _last_valid(window, lengths)
         return (delta + last).reshape(*batch, self.horizon)

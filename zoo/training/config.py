@@ -1,12 +1,25 @@
 """The typed training configuration and its validation."""
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any
 
-OPTIMIZERS = ("adam", "sgd", "rmsprop")
+from zoo.data.augment import AUGMENTATIONS
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential")
+REGULARIZE = ("kernels", "all")
+# Validation metrics early stopping and search can watch; False: lower is better.
+MONITORS = {
+    "val_loss": False,
+    "val_accuracy": True,
+    "val_macro_f1": True,
+    "val_bpc": False,
+    "val_mse": False,
+}
 
 # Each model's default dataset and the settings measured to train it well there (README figures).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -39,14 +52,32 @@ class TrainConfig:
     Attributes:
       model: a name from `zoo.models.names()`.
       model_options: extra hyperparameters passed to `zoo.models.create`.
-      dataset: 'digits' (bundled) or 'mnist' (needs `data_path`).
+      dataset: a name from `zoo.data.DATASETS`.
       data_path: MNIST `.npz` file or IDX directory.
-      epochs: passes over the training split.
+      epochs: passes over the training split (at most, with early stopping).
       batch_size: examples per step.
-      optimizer: 'adam', 'sgd' (with `momentum`) or 'rmsprop'.
-      learning_rate: the optimizer's step size.
+      optimizer: 'adam', 'adamw' (Adam with decoupled weight decay), 'sgd' or 'rmsprop'.
+      learning_rate: the optimizer's (peak) step size.
       momentum: for 'sgd' and 'rmsprop'.
-      seed: fixes the data split, data order, initialisation and dropout.
+      nesterov: Nesterov momentum for 'sgd' and 'rmsprop'.
+      schedule: 'constant', 'cosine' (to zero over the run), 'warmup_cosine' (linear warmup over
+        `warmup_steps`, then cosine to zero) or 'exponential' (times `decay_rate` per epoch).
+      warmup_steps: the warmup of 'warmup_cosine'.
+      decay_rate: the per-epoch factor of 'exponential'.
+      clip_norm: clip gradients to this global norm; None: no clipping.
+      l1, l2: penalties `l1 * sum|w|` and `l2 * sum(w**2)` added to the loss (Keras' convention).
+      weight_decay: decoupled weight decay (`w -= lr * weight_decay * w`, after the optimizer's
+        update); None: 1e-4 for 'adamw' and 0 for the others.
+      regularize: which weights `l1`, `l2` and `weight_decay` touch: 'kernels' (dense, conv and
+        recurrent kernels; not biases, norm scales or embeddings) or 'all'.
+      augment: image augmentations run inside the train step, from 'flip', 'rotate', 'shift',
+        'noise'.
+      patience: stop after this many epochs without a `min_delta` improvement of `monitor`, and
+        keep the best epoch's parameters; None: train every epoch.
+      min_delta: the smallest change of `monitor` that counts as an improvement.
+      monitor: the validation metric early stopping watches; None: 'val_accuracy' for
+        classifiers, 'val_loss' otherwise.
+      seed: fixes the data split, data order, initialisation, dropout and augmentation.
     """
 
     model: str = "cnn"
@@ -58,23 +89,75 @@ class TrainConfig:
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     momentum: float = 0.9
+    nesterov: bool = False
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    decay_rate: float = 0.9
+    clip_norm: float | None = None
+    l1: float = 0.0
+    l2: float = 0.0
+    weight_decay: float | None = None
+    regularize: str = "kernels"
+    augment: tuple[str, ...] = ()
+    patience: int | None = None
+    min_delta: float = 0.0
+    monitor: str | None = None
     seed: int = 0
 
     def __post_init__(self):
+        if isinstance(self.augment, list):  # as read back from JSON
+            object.__setattr__(self, "augment", tuple(self.augment))
         for field in dataclasses.fields(self):
             _check_type(field.name, getattr(self, field.name), field.type)
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(
-                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+        _check(self.epochs >= 1, "epochs", "must be >= 1", self.epochs)
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
+        _check(
+            0 < self.learning_rate < math.inf, "learning_rate", "must be > 0", self.learning_rate
+        )
+        _check(0 <= self.momentum < 1, "momentum", "must be in [0, 1)", self.momentum)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("regularize", self.regularize, REGULARIZE)
+        if self.schedule == "warmup_cosine":
+            _check(
+                self.warmup_steps >= 1,
+                "warmup_steps",
+                "must be >= 1 with schedule 'warmup_cosine'",
+                self.warmup_steps,
             )
+        else:
+            _check(
+                self.warmup_steps == 0,
+                "warmup_steps",
+                "is only used by schedule 'warmup_cosine'",
+                self.warmup_steps,
+            )
+        _check(0 < self.decay_rate <= 1, "decay_rate", "must be in (0, 1]", self.decay_rate)
+        if self.clip_norm is not None:
+            _check(0 < self.clip_norm < math.inf, "clip_norm", "must be > 0", self.clip_norm)
+        for name in ("l1", "l2", "weight_decay", "min_delta"):
+            value = getattr(self, name)
+            if value is not None:
+                _check(0 <= value < math.inf, name, "must be >= 0", value)
+        for name in self.augment:
+            _check_choice("augment", name, tuple(AUGMENTATIONS))
+        _check(
+            len(set(self.augment)) == len(self.augment),
+            "augment",
+            "lists a name twice",
+            self.augment,
+        )
+        if self.patience is not None:
+            _check(self.patience >= 1, "patience", "must be >= 1", self.patience)
+        if self.monitor is not None:
+            _check_choice("monitor", self.monitor, tuple(MONITORS))
+
+    @property
+    def decay(self) -> float:
+        """The decoupled weight decay in effect."""
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 1e-4 if self.optimizer == "adamw" else 0.0
 
     @classmethod
     def for_model(cls, model: str, **overrides: Any) -> "TrainConfig":
@@ -97,6 +180,15 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "model_options": dict(self.model_options)}
+
+
+def _check(ok: bool, name: str, requirement: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{name} {requirement}, got {value!r}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, name, f"must be one of {', '.join(choices)}", value)
 
 
 def _check_type(name: str, value: Any, annotation: Any) -> None:

@@ -9,12 +9,16 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from zoo import data, models
 from zoo.data.splits import Dataset, Split
 from zoo.training import metrics as metrics_lib
+from zoo.training import plots
 from zoo.training.config import ConfigError, TrainConfig
+from zoo.training.early_stopping import EarlyStopping, check_monitor, default_monitor
+from zoo.training.progress import EpochProgress, on_terminal
 from zoo.training.state import TrainState, create_train_state
 from zoo.training.steps import Metrics, eval_step, train_step
 
@@ -72,6 +76,13 @@ def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
                 )
         if isinstance(split, Split) and len(split.x) and not np.isfinite(split.x).all():
             raise ConfigError(f"{name} split of {config.dataset!r} holds NaN or infinite inputs")
+    if config.augment and dataset.train.x.ndim != 4:
+        raise ConfigError(
+            f"augment needs images (batch, height, width, channels); dataset {config.dataset!r} "
+            f"has inputs of shape {dataset.train.x.shape}"
+        )
+    if config.patience is not None and not len(dataset.validation.x):
+        raise ConfigError(f"patience needs a validation split; {config.dataset!r} has none")
 
 
 def build_model(config: TrainConfig, dataset: Dataset):
@@ -93,45 +104,98 @@ def build_model(config: TrainConfig, dataset: Dataset):
 
 
 def train_and_evaluate(
-    config: TrainConfig, workdir: str, *, log: Callable[[str], None] = print
+    config: TrainConfig,
+    workdir: str,
+    *,
+    log: Callable[[str], None] = print,
+    verbose: bool = True,
+    progress: bool | None = None,
+    plot: bool = False,
 ) -> dict[str, Any]:
     """Trains `config.model` on `config.dataset`, evaluates on the test split, writes metrics.
 
-    Returns the dict written to `workdir/metrics.json`.
+    Writes `workdir/metrics.jsonl` (one line per epoch, as it ends), `workdir/metrics.json` (the
+    returned summary) and with `plot` `curves.png` and `confusion.png`. With early stopping
+    (`config.patience`) the test metrics are those of the best validation epoch's parameters.
+
+    Args:
+      log: where progress lines go.
+      verbose: False logs only the test line.
+      progress: a progress bar per epoch; None: when stderr is a terminal and `verbose`.
     """
+    if plot:
+        plots.require_matplotlib()
     dataset = data.load(config.dataset, seed=config.seed, path=config.data_path)
     check_dataset(dataset, config)
+    monitor = config.monitor or default_monitor(dataset.task)
+    check_monitor(monitor, dataset.task)
     model = build_model(config, dataset)
-    state = create_train_state(model, config, dataset.train.x[:1], dataset.task)
-    num_params = sum(leaf.size for leaf in jax.tree.leaves(state.params))
     steps_per_epoch = data.num_batches(len(dataset.train.x), config.batch_size)
-    log(
+    state = create_train_state(
+        model, config, dataset.train.x[:1], dataset.task, steps_per_epoch=steps_per_epoch
+    )
+    num_params = sum(leaf.size for leaf in jax.tree.leaves(state.params))
+    show = log if verbose else lambda _: None
+    show_bar = progress if progress is not None else verbose and on_terminal()
+    show(
         f"{config.model}: {num_params:,} params | {config.dataset}: {len(dataset.train.x)} train, "
         f"{len(dataset.validation.x)} validation, {len(dataset.test.x)} test | "
         f"{steps_per_epoch} steps/epoch"
     )
 
+    os.makedirs(workdir, exist_ok=True)
+    history_path = os.path.join(workdir, "metrics.jsonl")
+    open(history_path, "w").close()
     history = []
+    stopper = EarlyStopping(monitor, config.patience, config.min_delta)
+    best = None
     start = time.perf_counter()
-    for epoch in range(config.epochs):
+    for epoch in range(1, config.epochs + 1):
         epoch_start = time.perf_counter()
-        step_metrics = []
-        for batch in data.batches(
-            dataset.train, config.batch_size, seed=config.seed, epoch=epoch, remainder="drop"
-        ):
-            state, batch_metrics = train_step(state, batch)
-            step_metrics.append(batch_metrics)
-        train = _summarize(step_metrics)
-        epoch_seconds = time.perf_counter() - epoch_start
-        record = {"epoch": epoch + 1} | {f"train_{k}": v for k, v in train.items()}
+        with EpochProgress(
+            epoch,
+            config.epochs,
+            steps_per_epoch,
+            config.batch_size,
+            enabled=show_bar,
+        ) as bar:
+            for batch in data.batches(
+                dataset.train,
+                config.batch_size,
+                seed=config.seed,
+                epoch=epoch - 1,
+                remainder="drop",
+            ):
+                state, batch_metrics = train_step(state, batch)
+                bar.step(batch_metrics)
+        record = {"epoch": epoch} | {f"train_{k}": v for k, v in _summarize(bar.metrics).items()}
+        record["examples_per_second"] = (
+            steps_per_epoch * config.batch_size / (time.perf_counter() - epoch_start)
+        )
         if len(dataset.validation.x):
             val = evaluate(state, dataset.validation, config.batch_size, dataset.num_classes)
             record |= {f"val_{k}": v for k, v in val.items() if k != "confusion_matrix"}
+            if stopper.update(epoch, record[monitor]) and config.patience is not None:
+                best = jax.tree.map(jnp.copy, (state.params, state.batch_stats))
         history.append(record)
-        shown = " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch")
-        speed = steps_per_epoch * config.batch_size / epoch_seconds
-        log(f"epoch {epoch + 1:3d}/{config.epochs} | {shown} | {speed:,.0f} ex/s")
+        append_jsonl(history_path, record)
+        shown = " | ".join(
+            f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "examples_per_second")
+        )
+        show(
+            f"epoch {epoch:3d}/{config.epochs} | {shown} | "
+            f"{record['examples_per_second']:,.0f} ex/s"
+        )
+        if stopper.should_stop:
+            show(
+                f"early stopping: no {monitor} improvement over {config.min_delta} for "
+                f"{config.patience} epochs; restoring epoch {stopper.best_epoch} "
+                f"({monitor} {stopper.best:.4f})"
+            )
+            break
     train_seconds = time.perf_counter() - start
+    if best is not None:
+        state = state.replace(params=best[0], batch_stats=best[1])
 
     test = {
         f"test_{k}": v
@@ -144,8 +208,11 @@ def train_and_evaluate(
         "model": config.model,
         "dataset": config.dataset,
         "task": dataset.task,
-        "epochs": config.epochs,
+        "epochs": len(history),
         "steps": int(state.step),
+        "monitor": monitor,
+        "monitor_value": _final_value(history, monitor, stopper, restored=best is not None),
+        "best_epoch": stopper.best_epoch,
         "num_params": num_params,
         **test,
         "train_seconds": train_seconds,
@@ -156,7 +223,30 @@ def train_and_evaluate(
         "jax_version": jax.__version__,
     }
     write_json(os.path.join(workdir, "metrics.json"), results)
+    if plot:
+        plots.plot_curves(
+            history, os.path.join(workdir, "curves.png"), best_epoch=stopper.best_epoch
+        )
+        if "test_confusion_matrix" in test:
+            plots.plot_confusion(
+                test["test_confusion_matrix"], os.path.join(workdir, "confusion.png")
+            )
     return results
+
+
+def _final_value(history, monitor, stopper, *, restored: bool) -> float | None:
+    """The monitored validation metric of the parameters the run ends with."""
+    if restored:
+        return stopper.best
+    return history[-1].get(monitor)
+
+
+def append_jsonl(path: str, record: dict[str, Any]) -> None:
+    """Appends one JSON line and flushes it to disk, so a killed run keeps every finished epoch."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_json(path: str, obj: Any) -> None:

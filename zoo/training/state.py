@@ -9,32 +9,72 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from zoo.training.config import TrainConfig
-
-Params = Any  # a pytree of arrays
+from zoo.training.config import ConfigError, TrainConfig
+from zoo.training.regularizers import regularized
 
 
 class TrainState(train_state.TrainState):
-    """Flax's TrainState plus `batch_stats` (empty without batch norm), a base PRNG `key` and the
-    static `task` that picks the loss ('classify', 'language' or 'regress').
+    """Flax's TrainState plus `batch_stats` (empty without batch norm), a base PRNG `key`, and
+    static settings of the train step: the `task` that picks the loss ('classify', 'language' or
+    'regress'), the L1/L2 penalty and the augmentations.
 
-    The dropout key of step `s` is `jax.random.fold_in(key, s)`: a pure function of the state, so
-    a resumed run draws the same masks as an uninterrupted one.
+    The random numbers of step `s` (dropout, augmentation) come from `jax.random.fold_in(key, s)`:
+    a pure function of the state, so a resumed run draws the same ones as an uninterrupted run.
     """
 
     batch_stats: Any
     key: jax.Array
     task: str = struct.field(pytree_node=False, default="classify")
+    l1: float = struct.field(pytree_node=False, default=0.0)
+    l2: float = struct.field(pytree_node=False, default=0.0)
+    regularize: str = struct.field(pytree_node=False, default="kernels")
+    augment: tuple[str, ...] = struct.field(pytree_node=False, default=())
 
 
-def create_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    if config.optimizer == "adam":
-        return optax.adam(config.learning_rate)
-    if config.optimizer == "sgd":
-        return optax.sgd(config.learning_rate, momentum=config.momentum or None)
-    if config.optimizer == "rmsprop":
-        return optax.rmsprop(config.learning_rate, momentum=config.momentum)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+def create_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    """The learning rate as a function of the step, over `config.epochs * steps_per_epoch` steps."""
+    total = config.epochs * steps_per_epoch
+    lr = config.learning_rate
+    if config.schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, decay_steps=total)
+    if config.schedule == "warmup_cosine":
+        if config.warmup_steps >= total:
+            raise ConfigError(
+                f"warmup_steps {config.warmup_steps} must be fewer than the run's {total} steps"
+            )
+        return optax.warmup_cosine_decay_schedule(0.0, lr, config.warmup_steps, total)
+    if config.schedule == "exponential":
+        return optax.exponential_decay(
+            lr, transition_steps=steps_per_epoch, decay_rate=config.decay_rate
+        )
+    return optax.constant_schedule(lr)
+
+
+def create_optimizer(config: TrainConfig, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+    """Clipping (optional), the optimizer on the schedule, then decoupled weight decay.
+
+    Weight decay subtracts `lr(t) * decay * w` from the regularized weights after the optimizer's
+    own update, so 'adamw' is exactly `optax.adamw` with zoo's kernel mask.
+    """
+    schedule = create_schedule(config, steps_per_epoch)
+    momentum = config.momentum or None
+    if config.optimizer in ("adam", "adamw"):
+        base = optax.adam(schedule, nesterov=config.nesterov)
+    elif config.optimizer == "sgd":
+        base = optax.sgd(schedule, momentum=momentum, nesterov=config.nesterov)
+    else:
+        base = optax.rmsprop(schedule, momentum=momentum, nesterov=config.nesterov)
+    parts = [] if config.clip_norm is None else [optax.clip_by_global_norm(config.clip_norm)]
+    parts.append(base)
+    if config.decay:
+        decay = config.decay
+        parts.append(
+            optax.add_decayed_weights(
+                lambda step: -schedule(step) * decay,
+                mask=lambda params: regularized(params, config.regularize),
+            )
+        )
+    return optax.chain(*parts)
 
 
 def create_train_state(
@@ -42,15 +82,21 @@ def create_train_state(
     config: TrainConfig,
     example: jax.Array,
     task: str = "classify",
+    steps_per_epoch: int = 1,
 ) -> TrainState:
-    """Initialises the model on `example`, a batch of inputs, and builds the optimizer."""
+    """Initialises the model on `example`, a batch of inputs, and builds the optimizer (whose
+    schedule spans `config.epochs * steps_per_epoch` steps)."""
     init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
     variables = model.init(init_key, jnp.asarray(example))
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
-        tx=create_optimizer(config),
+        tx=create_optimizer(config, steps_per_epoch),
         batch_stats=variables.get("batch_stats", {}),
         key=dropout_key,
         task=task,
+        l1=config.l1,
+        l2=config.l2,
+        regularize=config.regularize,
+        augment=config.augment,
     )

@@ -13,8 +13,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from zoo.data.augment import augment
 from zoo.data.batching import Batch
-from zoo.training.state import Params, TrainState
+from zoo.training.regularizers import Params, penalty
+from zoo.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
 
@@ -48,7 +50,8 @@ def compute_metrics(task: str, outputs: jax.Array, batch: Batch) -> Metrics:
 def loss_fn(
     params: Params, state: TrainState, batch: Batch, dropout_key: jax.Array
 ) -> tuple[jax.Array, tuple[Metrics, Any]]:
-    """Training-mode mean loss; returns `(loss, (metric sums, new_batch_stats))`."""
+    """Training-mode mean loss plus the state's L1/L2 penalty; returns
+    `(loss, (metric sums, new_batch_stats))`. The metric sums hold the data loss only."""
     variables = _variables(params, state.batch_stats)
     rngs = {"dropout": dropout_key}
     if state.batch_stats:
@@ -60,13 +63,18 @@ def loss_fn(
         outputs = state.apply_fn(variables, batch.x, train=True, rngs=rngs)
         new_batch_stats = state.batch_stats
     sums = compute_metrics(state.task, outputs, batch)
-    return sums["loss_sum"] / jnp.maximum(sums["count"], 1), (sums, new_batch_stats)
+    loss = sums["loss_sum"] / jnp.maximum(sums["count"], 1)
+    loss += penalty(params, state.l1, state.l2, state.regularize)
+    return loss, (sums, new_batch_stats)
 
 
 @functools.partial(jax.jit, donate_argnums=0)
 def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    """One step of gradient descent: grad of `loss_fn`, optax update, new batch-norm stats."""
-    dropout_key = jax.random.fold_in(state.key, state.step)
+    """One step of gradient descent: augment the inputs, grad of `loss_fn`, optax update, new
+    batch-norm stats."""
+    dropout_key, augment_key = jax.random.split(jax.random.fold_in(state.key, state.step))
+    if state.augment:
+        batch = batch._replace(x=augment(augment_key, batch.x, state.augment))
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, (sums, batch_stats)), grads = grad_fn(state.params, state, batch, dropout_key)
     return state.apply_gradients(grads=grads, batch_stats=batch_stats), sums

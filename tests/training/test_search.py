@@ -1,0 +1,136 @@
+import json
+
+import numpy as np
+import pytest
+
+from zoo.training import ConfigError, TrainConfig
+from zoo.training.search import (
+    Choice,
+    Range,
+    format_table,
+    grid,
+    parse_space,
+    parse_space_args,
+    run_search,
+    sample,
+    trial_config,
+)
+
+
+def test_parse_space_args_reads_lists_ranges_and_tuples():
+    space = parse_space_args(
+        [
+            "learning_rate=1e-3,3e-3",
+            "optimizer=adam,sgd",
+            "model.hidden_sizes=(64,),(32,32)",
+            "model.dropout=uniform(0, 0.5)",
+            "batch_size=logint(16,128)",
+        ]
+    )
+    assert space["learning_rate"] == Choice((1e-3, 3e-3))
+    assert space["optimizer"] == Choice(("adam", "sgd"))
+    assert space["model.hidden_sizes"] == Choice(((64,), (32, 32)))
+    assert space["model.dropout"] == Range(0, 0.5)
+    assert space["batch_size"] == Range(16, 128, log=True, integer=True)
+
+
+@pytest.mark.parametrize(
+    "items, match",
+    [
+        ({"lr": [1e-3]}, "unknown parameter 'lr'"),
+        ({"learning_rate": []}, "non-empty list"),
+        ({"learning_rate": {"loguniform": [0, 1]}}, "0 < low < high"),
+        ({"learning_rate": {"normal": [0, 1]}}, "unknown range 'normal'"),
+        ({"learning_rate": {"uniform": [1]}}, "two numbers"),
+        ({}, "empty"),
+    ],
+)
+def test_bad_spaces_are_named(items, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_space(items)
+
+
+def test_grid_is_every_combination_and_refuses_ranges():
+    space = parse_space({"learning_rate": [0.1, 0.2], "batch_size": [8, 16, 32]})
+    points = grid(space)
+    assert len(points) == 6 and {"learning_rate": 0.2, "batch_size": 32} in points
+    with pytest.raises(ConfigError, match="learning_rate is a range"):
+        grid(parse_space({"learning_rate": {"uniform": [0.1, 0.2]}}))
+
+
+def test_random_samples_are_seeded_and_inside_their_ranges():
+    space = parse_space(
+        {
+            "learning_rate": {"loguniform": [1e-4, 1e-1]},
+            "batch_size": {"int": [8, 12]},
+            "optimizer": ["adam", "sgd"],
+        }
+    )
+    draws = [sample(space, np.random.default_rng(0)) for _ in range(2)]
+    assert draws[0] == draws[1]
+    rng = np.random.default_rng(1)
+    points = [sample(space, rng) for _ in range(400)]
+    rates = np.array([p["learning_rate"] for p in points])
+    assert rates.min() >= 1e-4 and rates.max() <= 1e-1
+    assert 0.2 < np.mean(rates < 1e-3) < 0.47  # log-uniform: a third below 1e-3
+    assert {p["batch_size"] for p in points} == {8, 9, 10, 11, 12}
+    assert {p["optimizer"] for p in points} == {"adam", "sgd"}
+
+
+def test_trial_config_sets_fields_and_model_options():
+    base = TrainConfig(model="lstm", dataset="digits-seq", model_options={"dropout": 0.1})
+    config = trial_config(base, {"learning_rate": 0.01, "model.hidden_sizes": (8,)})
+    assert config.learning_rate == 0.01
+    assert dict(config.model_options) == {"dropout": 0.1, "hidden_sizes": (8,)}
+    with pytest.raises(ConfigError, match="epochs must be >= 1"):
+        trial_config(base, {"epochs": 0})
+
+
+def test_grid_search_runs_every_trial_and_ranks_by_validation_loss(tmp_path):
+    pytest.importorskip("statsmodels")
+    base = TrainConfig.for_model("forecast", epochs=2)
+    space = parse_space({"learning_rate": [1e-4, 3e-3], "batch_size": [16, 32]})
+    summary = run_search(base, space, str(tmp_path), method="grid", log=lambda _: None)
+    written = json.loads((tmp_path / "search.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    trials = written["trials"]
+    assert len(trials) == 4 and {t["trial"] for t in trials} == {0, 1, 2, 3}
+    assert written["monitor"] == "val_loss" and not written["higher_is_better"]
+    values = [t["value"] for t in trials]
+    assert values == sorted(values) and written["best"] == trials[0]
+    for trial in trials:  # each value is what that trial's own run reported
+        metrics = json.loads(
+            (tmp_path / f"trial_{trial['trial']:03d}" / "metrics.json").read_text()
+        )
+        assert trial["value"] == metrics["history"][-1]["val_loss"]
+        assert metrics["config"]["learning_rate"] == trial["params"]["learning_rate"]
+    table = format_table(written).splitlines()
+    assert len(table) == 5 and table[0].split()[:4] == [
+        "rank",
+        "trial",
+        "learning_rate",
+        "batch_size",
+    ]
+
+
+def test_tpe_search_with_optuna(tmp_path):
+    pytest.importorskip("optuna")
+    pytest.importorskip("statsmodels")
+    base = TrainConfig.for_model("forecast", epochs=1)
+    space = parse_space({"learning_rate": {"loguniform": [1e-4, 1e-2]}, "batch_size": [16, 32]})
+    summary = run_search(base, space, str(tmp_path), method="tpe", trials=3, log=lambda _: None)
+    assert len(summary["trials"]) == 3
+    for trial in summary["trials"]:
+        assert 1e-4 <= trial["params"]["learning_rate"] <= 1e-2
+        assert trial["params"]["batch_size"] in (16, 32)
+
+
+def test_random_search_records_rejected_points_and_goes_on(tmp_path):
+    pytest.importorskip("statsmodels")
+    base = TrainConfig.for_model("forecast", epochs=1)
+    space = parse_space({"batch_size": [16, 100000]})
+    summary = run_search(base, space, str(tmp_path), method="random", trials=4, log=lambda _: None)
+    failed = [t for t in summary["trials"] if "error" in t]
+    done = [t for t in summary["trials"] if "value" in t]
+    assert failed and done and len(failed) + len(done) == 4
+    assert "batch_size 100000 is larger than" in failed[0]["error"]
