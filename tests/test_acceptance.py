@@ -14,16 +14,18 @@ def run(model: str, tmp_path) -> dict:
     return train_and_evaluate(TrainConfig.for_model(model), str(tmp_path), log=lambda line: None)
 
 
-def test_seed_cnn_on_digits(tmp_path):
+def test_seed_cnn_on_digits_with_augmentation_and_early_stopping(tmp_path):
     pytest.importorskip("sklearn")
     results = run("cnn", tmp_path)
-    assert results["test_accuracy"] >= 0.97 and results["train_seconds"] < 60
+    assert results["config"]["augment"] and results["config"]["patience"]
+    assert results["epochs"] < results["config"]["epochs"]  # early stopping did stop it
+    assert results["test_accuracy"] >= 0.985
 
 
 def test_lstm_on_digit_rows(tmp_path):
     pytest.importorskip("sklearn")
     results = run("lstm", tmp_path)
-    assert results["test_accuracy"] >= 0.975 and results["train_seconds"] < 300
+    assert results["test_accuracy"] >= 0.975
 
 
 def test_forecaster_beats_the_naive_forecast(tmp_path):
@@ -34,4 +36,4 @@ def test_forecaster_beats_the_naive_forecast(tmp_path):
 
 def test_char_lm_on_cpython_prose(tmp_path):
     results = run("charlm", tmp_path)
-    assert results["test_bpc"] <= 1.8 and results["train_seconds"] < 300
+    assert results["test_bpc"] <= 1.8

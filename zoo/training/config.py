@@ -23,7 +23,12 @@ MONITORS = {
 
 # Each model's default dataset and the settings measured to train it well there (README figures).
 PRESETS: dict[str, dict[str, Any]] = {
-    "cnn": {"dataset": "digits"},
+    "cnn": {
+        "dataset": "digits",
+        "epochs": 100,
+        "augment": ("shift", "rotate", "noise"),
+        "patience": 15,
+    },
     "convnet": {"dataset": "digits"},
     "lstm": {"dataset": "digits-seq", "epochs": 25},
     "gru": {"dataset": "digits-seq", "epochs": 25},
