@@ -299,7 +299,8 @@ def format_table(summary: Mapping[str, Any]) -> str:
     if not trials:
         return "no trial finished"
     names = list(trials[0]["params"])
-    test_key = next((k for k in trials[0] if k.startswith("test_")), None)
+    preferred = ("test_accuracy", "test_bpc", "test_mse", "test_loss")
+    test_key = next((k for k in preferred if k in trials[0]), None)
     header = ["rank", "trial", *names, summary["monitor"], *([test_key] if test_key else []), "s"]
     rows = [
         [
