@@ -7,13 +7,16 @@ are such runs. Bad flags or values exit with status 2 and one line naming the fl
 
 import argparse
 import ast
+import os
 import sys
 
 import jax
 
 from zoo import data, models
 from zoo.training import ConfigError, TrainConfig, train_and_evaluate
+from zoo.training.checkpoint import CHECKPOINTS, CheckpointError, saved_config
 from zoo.training.config import AUGMENTATIONS, MONITORS, OPTIMIZERS, REGULARIZE, SCHEDULES
+from zoo.training.loop import NonFiniteError, Preempted
 from zoo.training.search import METHODS, format_table, load_space, parse_space_args, run_search
 
 PRESET = " (default: the model's preset)"
@@ -80,8 +83,27 @@ _CONFIG_FLAGS = [
         "--monitor",
         {"help": ", ".join(MONITORS) + " (default val_accuracy, or val_loss for non-classifiers)"},
     ),
+    (
+        "max_bad_steps",
+        "--max-bad-steps",
+        {"type": int, "help": "stop after this many non-finite steps in a row (default 5)"},
+    ),
+    (
+        "checkpoint_every",
+        "--checkpoint-every",
+        {"type": int, "help": "checkpoint every N steps, besides epoch ends"},
+    ),
+    (
+        "keep_checkpoints",
+        "--keep-checkpoints",
+        {"type": int, "help": "latest checkpoints kept (default 2)"},
+    ),
     ("seed", "--seed", {"type": int, "help": "data split, order, init, dropout, augmentation"}),
 ]
+# Exit status of a run stopped before its end (SIGTERM or --stop-after-steps) once its checkpoint
+# is saved: 128 + SIGTERM, what a scheduler expects of a terminated job.
+PREEMPTED = 143
+FAILED = 1  # the run failed: a checkpoint could not be written, or training diverged
 # Config fields and the flags that set them, for error messages that name what the user typed.
 _FLAGS = {"model": "--model", "model_options": "--model-option"} | {
     field: flag for field, flag, _ in _CONFIG_FLAGS
@@ -94,7 +116,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=TrainConfig().model, choices=models.names())
+    parser.add_argument("--model", choices=models.names(), help="default: cnn")
     parser.add_argument(
         "--model-option",
         action="append",
@@ -105,6 +127,9 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     for field, flag, options in _CONFIG_FLAGS:
         parser.add_argument(flag, dest=field, **options)
     parser.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    parser.add_argument(
+        "--debug-nans", action="store_true", help="jax_debug_nans: fail at the first NaN"
+    )
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -130,7 +155,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     _add_run_flags(parser)
     parser.add_argument("--out", default="runs/latest", help="directory for metrics and plots")
     parser.add_argument("--plot", action="store_true", help="write curves.png and confusion.png")
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its latest checkpoint (its config, with any flags "
+        "given here on top)",
+    )
+    parser.add_argument(
+        "--stop-after-steps",
+        type=int,
+        metavar="N",
+        help="save and exit with status 143 after N steps; --resume continues (for time-limited "
+        "jobs)",
+    )
     args = parser.parse_args(argv)
+    if args.resume:
+        args.out = args.resume
     args.command = "train"
     return args
 
@@ -151,8 +191,20 @@ def parse_model_options(pairs: list[str]) -> dict:
 def build_config(args: argparse.Namespace) -> TrainConfig:
     given = {field: getattr(args, field) for field, _, _ in _CONFIG_FLAGS}
     overrides = {k: v for k, v in given.items() if v is not None}
-    overrides["model_options"] = parse_model_options(args.model_option)
-    return TrainConfig.for_model(args.model, **overrides)
+    options = parse_model_options(args.model_option)
+    if getattr(args, "resume", None):
+        saved = saved_config(args.resume)
+        if saved is None:
+            raise ConfigError(
+                f"--resume {args.resume}: no readable checkpoint in "
+                f"{os.path.join(args.resume, CHECKPOINTS)}; refusing to start over"
+            )
+        if args.model and args.model != saved["model"]:
+            saved = {"model": args.model}  # a different model: let the checkpoint check name it
+        options = {**saved.pop("model_options", {}), **options}
+        return TrainConfig.from_dict({**saved, **overrides, "model_options": options})
+    overrides["model_options"] = options
+    return TrainConfig.for_model(args.model or "cnn", **overrides)
 
 
 def main(argv: list[str]) -> int:
@@ -165,6 +217,8 @@ def main(argv: list[str]) -> int:
                 space = {**(space or {}), **parse_space_args(_field_names(args.space))}
             if not space:
                 raise ConfigError("search needs --space NAME=VALUES or --space-file")
+        if args.debug_nans:
+            jax.config.update("jax_debug_nans", True)
         log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
         log(f"devices: {jax.device_count()} x {jax.devices()[0].platform}")
         if args.command == "search":
@@ -180,7 +234,15 @@ def main(argv: list[str]) -> int:
             log=lambda line: print(line, flush=True),
             verbose=not args.quiet,
             plot=args.plot,
+            resume=bool(args.resume),
+            stop_after_steps=args.stop_after_steps,
         )
+    except Preempted as stop:
+        print(f"train.py: {stop}; continue with --resume {args.out}", file=sys.stderr)
+        return PREEMPTED
+    except (CheckpointError, NonFiniteError) as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        return FAILED
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"train.py: error: {_with_flag(str(error))}", file=sys.stderr)
         return 2

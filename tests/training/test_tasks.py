@@ -71,4 +71,6 @@ def test_presets_pick_the_dataset_and_merge_options():
     assert config.dataset == "text" and config.epochs == 1
     assert dict(config.model_options) == {"hidden_sizes": (256,), "embed_dim": 8}
     assert TrainConfig.for_model("lstm").dataset == "digits-seq"
-    assert TrainConfig.for_model("cnn") == TrainConfig()
+    cnn = TrainConfig.for_model("cnn")
+    assert cnn.dataset == "digits" and cnn.augment and cnn.patience
+    assert TrainConfig.for_model("cnn", epochs=3, augment=()).augment == ()

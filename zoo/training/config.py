@@ -82,6 +82,12 @@ class TrainConfig:
       min_delta: the smallest change of `monitor` that counts as an improvement.
       monitor: the validation metric early stopping watches; None: 'val_accuracy' for
         classifiers, 'val_loss' otherwise.
+      max_bad_steps: a step with a non-finite loss or gradient is skipped; this many in a row
+        stop the run.
+      checkpoint_every: save a checkpoint every this many steps, besides the end of every
+        epoch; None: at epoch ends only.
+      keep_checkpoints: how many of the latest checkpoints to keep (the best by `monitor` is
+        kept besides them).
       seed: fixes the data split, data order, initialisation, dropout and augmentation.
     """
 
@@ -107,6 +113,9 @@ class TrainConfig:
     patience: int | None = None
     min_delta: float = 0.0
     monitor: str | None = None
+    max_bad_steps: int = 5
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 2
     seed: int = 0
 
     def __post_init__(self):
@@ -154,6 +163,17 @@ class TrainConfig:
         )
         if self.patience is not None:
             _check(self.patience >= 1, "patience", "must be >= 1", self.patience)
+        _check(self.max_bad_steps >= 1, "max_bad_steps", "must be >= 1", self.max_bad_steps)
+        if self.checkpoint_every is not None:
+            _check(
+                self.checkpoint_every >= 1,
+                "checkpoint_every",
+                "must be >= 1",
+                self.checkpoint_every,
+            )
+        _check(
+            self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1", self.keep_checkpoints
+        )
         if self.monitor is not None:
             _check_choice("monitor", self.monitor, tuple(MONITORS))
 

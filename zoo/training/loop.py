@@ -1,5 +1,7 @@
 """`train_and_evaluate`: the whole run, from config to `metrics.json`."""
 
+import dataclasses
+import itertools
 import json
 import math
 import os
@@ -16,6 +18,7 @@ from zoo import data, models
 from zoo.data.splits import Dataset, Split
 from zoo.training import metrics as metrics_lib
 from zoo.training import plots
+from zoo.training.checkpoint import Checkpointer, TerminationGuard, open_checkpoints, versions
 from zoo.training.config import ConfigError, TrainConfig
 from zoo.training.early_stopping import EarlyStopping, check_monitor, default_monitor
 from zoo.training.progress import EpochProgress, on_terminal
@@ -60,6 +63,11 @@ def _summarize(step_metrics: list[Metrics]) -> dict[str, float]:
 
 def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
     """Rejects datasets a run cannot train on, before anything is compiled."""
+    if models.task(config.model) != dataset.task:
+        raise ConfigError(
+            f"model {config.model!r} is a {models.task(config.model)} model but dataset "
+            f"{config.dataset!r} is a {dataset.task} dataset; pick a matching --dataset or --model"
+        )
     if len(dataset.train.x) == 0:
         raise ConfigError(f"dataset {config.dataset!r} has an empty training split")
     if config.batch_size > len(dataset.train.x):
@@ -88,11 +96,6 @@ def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
 def build_model(config: TrainConfig, dataset: Dataset):
     """The registry model for `config`, shaped for `dataset`: its input shape (for models that
     fix one) and its output width (`num_classes`, or a forecaster's `horizon`)."""
-    if models.task(config.model) != dataset.task:
-        raise ConfigError(
-            f"model {config.model!r} is a {models.task(config.model)} model but dataset "
-            f"{config.dataset!r} is a {dataset.task} dataset; pick a matching --dataset or --model"
-        )
     accepted = models.options(config.model)
     fixed = {"horizon" if "horizon" in accepted else "num_classes": dataset.num_classes}
     if "input_shape" in accepted:
@@ -103,6 +106,20 @@ def build_model(config: TrainConfig, dataset: Dataset):
     return models.create(config.model, **fixed, **config.model_options)
 
 
+class Preempted(Exception):
+    """The run got SIGTERM (or reached `stop_after_steps`), saved a checkpoint at `step` and
+    stopped; `--resume` continues it."""
+
+    def __init__(self, step: int, directory: str, by_signal: bool = True):
+        cause = "by SIGTERM" if by_signal else "as asked"
+        super().__init__(f"stopped {cause} after step {step}; checkpoint saved in {directory}")
+        self.step = step
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
 def train_and_evaluate(
     config: TrainConfig,
     workdir: str,
@@ -111,18 +128,34 @@ def train_and_evaluate(
     verbose: bool = True,
     progress: bool | None = None,
     plot: bool = False,
+    resume: bool = False,
+    stop_after_steps: int | None = None,
 ) -> dict[str, Any]:
     """Trains `config.model` on `config.dataset`, evaluates on the test split, writes metrics.
 
-    Writes `workdir/metrics.jsonl` (one line per epoch, as it ends), `workdir/metrics.json` (the
-    returned summary) and with `plot` `curves.png` and `confusion.png`. With early stopping
-    (`config.patience`) the test metrics are those of the best validation epoch's parameters.
+    Writes `workdir/metrics.jsonl` (one line per epoch, as it ends), checkpoints in
+    `workdir/checkpoints` (every `config.checkpoint_every` steps and at every epoch's end),
+    `workdir/metrics.json` (the returned summary) and with `plot` `curves.png` and
+    `confusion.png`. With early stopping (`config.patience`) the test metrics are those of the
+    best validation epoch's parameters.
 
     Args:
       log: where progress lines go.
       verbose: False logs only the test line.
       progress: a progress bar per epoch; None: when stderr is a terminal and `verbose`.
+      resume: continue from the latest readable checkpoint in `workdir` (an error when there is
+        none). Without it, a finished run's checkpoints in `workdir` are replaced, and an
+        unfinished run's are refused.
+      stop_after_steps: save and stop (raising `Preempted`) after this many steps of this call,
+        for runs cut into chunks by a scheduler's time limit.
+
+    Raises:
+      Preempted: on SIGTERM or after `stop_after_steps`, once a checkpoint is saved.
+      NonFiniteError: after `config.max_bad_steps` consecutive non-finite steps.
+      CheckpointError: when a checkpoint cannot be written, or none can be read on resume.
     """
+    if stop_after_steps is not None and stop_after_steps < 1:
+        raise ConfigError(f"stop_after_steps must be >= 1, got {stop_after_steps}")
     if plot:
         plots.require_matplotlib()
     dataset = data.load(config.dataset, seed=config.seed, path=config.data_path)
@@ -144,58 +177,64 @@ def train_and_evaluate(
     )
 
     os.makedirs(workdir, exist_ok=True)
-    history_path = os.path.join(workdir, "metrics.jsonl")
-    open(history_path, "w").close()
-    history = []
-    stopper = EarlyStopping(monitor, config.patience, config.min_delta)
-    best = None
-    start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        epoch_start = time.perf_counter()
-        with EpochProgress(
-            epoch,
-            config.epochs,
-            steps_per_epoch,
-            config.batch_size,
-            enabled=show_bar,
-        ) as bar:
-            for batch in data.batches(
-                dataset.train,
-                config.batch_size,
-                seed=config.seed,
-                epoch=epoch - 1,
-                remainder="drop",
-            ):
-                state, batch_metrics = train_step(state, batch)
-                bar.step(batch_metrics)
-        record = {"epoch": epoch} | {f"train_{k}": v for k, v in _summarize(bar.metrics).items()}
-        record["examples_per_second"] = (
-            steps_per_epoch * config.batch_size / (time.perf_counter() - epoch_start)
-        )
-        if len(dataset.validation.x):
-            val = evaluate(state, dataset.validation, config.batch_size, dataset.num_classes)
-            record |= {f"val_{k}": v for k, v in val.items() if k != "confusion_matrix"}
-            if stopper.update(epoch, record[monitor]) and config.patience is not None:
-                best = jax.tree.map(jnp.copy, (state.params, state.batch_stats))
-        history.append(record)
-        append_jsonl(history_path, record)
-        shown = " | ".join(
-            f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "examples_per_second")
-        )
-        show(
-            f"epoch {epoch:3d}/{config.epochs} | {shown} | "
-            f"{record['examples_per_second']:,.0f} ex/s"
-        )
-        if stopper.should_stop:
-            show(
-                f"early stopping: no {monitor} improvement over {config.min_delta} for "
-                f"{config.patience} epochs; restoring epoch {stopper.best_epoch} "
-                f"({monitor} {stopper.best:.4f})"
-            )
-            break
-    train_seconds = time.perf_counter() - start
-    if best is not None:
-        state = state.replace(params=best[0], batch_stats=best[1])
+    has_validation = len(dataset.validation.x) > 0
+    checkpoints = open_checkpoints(
+        workdir, config, monitor if has_validation else None, resume, log
+    )
+    run = RunState(state, stopper=EarlyStopping(monitor, config.patience, config.min_delta))
+    if config.patience is not None:
+        run.best = jax.tree.map(jnp.copy, (state.params, state.batch_stats))  # train_step donates
+    try:
+        if resume:
+            run = restore_run(checkpoints, run, config, log)
+            show(f"resumed from step {run.step} (epoch {run.step // steps_per_epoch + 1})")
+        history_path = os.path.join(workdir, "metrics.jsonl")
+        write_jsonl(history_path, run.history)
+        start = time.perf_counter()
+        with TerminationGuard() as guard:
+            if stop_after_steps is not None:
+                guard.stop_at_step = run.step + stop_after_steps
+            first_epoch = run.step // steps_per_epoch + 1
+            for epoch in range(first_epoch, config.epochs + 1):
+                if run.finished:
+                    break
+                _train_epoch(
+                    run, dataset, config, epoch, steps_per_epoch, show_bar, checkpoints, guard
+                )
+                record = run.last_record
+                if has_validation:
+                    val = evaluate(
+                        run.state, dataset.validation, config.batch_size, dataset.num_classes
+                    )
+                    record |= {f"val_{k}": v for k, v in val.items() if k != "confusion_matrix"}
+                    if run.stopper.update(epoch, record[monitor]) and run.best is not None:
+                        run.best = jax.tree.map(jnp.copy, (run.state.params, run.state.batch_stats))
+                run.history.append(record)
+                append_jsonl(history_path, record)
+                shown = " | ".join(
+                    f"{k} {v:.4f}"
+                    for k, v in record.items()
+                    if k not in ("epoch", "examples_per_second")
+                )
+                show(
+                    f"epoch {epoch:3d}/{config.epochs} | {shown} | "
+                    f"{record['examples_per_second']:,.0f} ex/s"
+                )
+                if run.stopper.should_stop:
+                    show(
+                        f"early stopping: no {monitor} improvement over {config.min_delta} for "
+                        f"{config.patience} epochs; restoring epoch {run.stopper.best_epoch} "
+                        f"({monitor} {run.stopper.best:.4f})"
+                    )
+                run.finished = run.stopper.should_stop or epoch == config.epochs
+                metrics = {monitor: record[monitor]} if has_validation else None
+                save_checkpoint(checkpoints, run, config, metrics)
+        train_seconds = time.perf_counter() - start
+    finally:
+        checkpoints.close()
+    state = run.state
+    if run.best is not None and run.stopper.best_epoch:
+        state = state.replace(params=run.best[0], batch_stats=run.best[1])
 
     test = {
         f"test_{k}": v
@@ -204,19 +243,21 @@ def train_and_evaluate(
     if dataset.task == "regress":
         test["naive_mse"] = data.naive_forecast_mse(dataset.test)
     log("test | " + " | ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)))
+    history = run.history
     results = {
         "model": config.model,
         "dataset": config.dataset,
         "task": dataset.task,
         "epochs": len(history),
-        "steps": int(state.step),
+        "steps": run.step,
+        "skipped_steps": int(state.skipped_steps),
         "monitor": monitor,
-        "monitor_value": _final_value(history, monitor, stopper, restored=best is not None),
-        "best_epoch": stopper.best_epoch,
+        "monitor_value": _final_value(history, monitor, run.stopper, restored=run.best is not None),
+        "best_epoch": run.stopper.best_epoch,
         "num_params": num_params,
         **test,
         "train_seconds": train_seconds,
-        "examples_per_second": int(state.step) * config.batch_size / train_seconds,
+        "examples_per_second": (run.step - run.resumed_at) * config.batch_size / train_seconds,
         "history": history,
         "config": config.to_dict(),
         "devices": [str(d) for d in jax.devices()],
@@ -225,7 +266,7 @@ def train_and_evaluate(
     write_json(os.path.join(workdir, "metrics.json"), results)
     if plot:
         plots.plot_curves(
-            history, os.path.join(workdir, "curves.png"), best_epoch=stopper.best_epoch
+            history, os.path.join(workdir, "curves.png"), best_epoch=run.stopper.best_epoch
         )
         if "test_confusion_matrix" in test:
             plots.plot_confusion(
@@ -234,11 +275,149 @@ def train_and_evaluate(
     return results
 
 
+@dataclasses.dataclass
+class RunState:
+    """What the loop carries between steps and epochs, and what a checkpoint holds."""
+
+    state: TrainState
+    stopper: EarlyStopping
+    best: tuple[Any, Any] | None = None  # (params, batch_stats) of the best epoch
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    step: int = 0  # counted on the host, so reading it never waits for the device
+    resumed_at: int = 0
+    finished: bool = False
+    last_record: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _train_epoch(run, dataset, config, epoch, steps_per_epoch, show_bar, checkpoints, guard):
+    """Trains from `run.step` to the end of `epoch`, saving every `checkpoint_every` steps and
+    on SIGTERM; leaves the epoch's train metrics in `run.last_record`."""
+    epoch_start = time.perf_counter()
+    done = run.step - (epoch - 1) * steps_per_epoch  # > 0 when resuming mid-epoch
+    batches = data.batches(
+        dataset.train, config.batch_size, seed=config.seed, epoch=epoch - 1, remainder="drop"
+    )
+    with EpochProgress(
+        epoch, config.epochs, steps_per_epoch - done, config.batch_size, enabled=show_bar
+    ) as bar:
+        for batch in itertools.islice(batches, done, None):
+            run.state, batch_metrics = train_step(run.state, batch)
+            run.step += 1
+            bar.step(batch_metrics)
+            if guard.terminated or run.step == guard.stop_at_step:
+                save_checkpoint(checkpoints, run, config)
+                raise Preempted(run.step, checkpoints.directory, guard.terminated)
+            if config.checkpoint_every and run.step % config.checkpoint_every == 0:
+                if run.step % steps_per_epoch:  # epoch ends are saved by the loop, with metrics
+                    save_checkpoint(checkpoints, run, config)
+    check_finite_steps(run, config)
+    record = {"epoch": epoch} | {f"train_{k}": v for k, v in _summarize(bar.metrics).items()}
+    record["examples_per_second"] = (
+        (steps_per_epoch - done) * config.batch_size / (time.perf_counter() - epoch_start)
+    )
+    run.last_record = record
+
+
+def _checkpoint_tree(run: RunState) -> dict[str, Any]:
+    state = run.state
+    tree = {
+        "params": state.params,
+        "opt_state": state.opt_state,
+        "batch_stats": state.batch_stats,
+        "step": state.step,
+        "key": jax.random.key_data(state.key),
+        "skipped_steps": state.skipped_steps,
+        "bad_streak": state.bad_streak,
+    }
+    if run.best is not None:
+        tree["best"] = {"params": run.best[0], "batch_stats": run.best[1]}
+    return tree
+
+
+def save_checkpoint(
+    checkpoints: Checkpointer,
+    run: RunState,
+    config: TrainConfig,
+    metrics: dict[str, float] | None = None,
+) -> None:
+    """Saves the run at `run.step` (synchronously; errors are fatal)."""
+    stopper = run.stopper
+    meta = {
+        "step": run.step,
+        "finished": run.finished,
+        "config": config.to_dict(),
+        "history": run.history,
+        "stopper": {
+            "best": stopper.best if stopper.best_epoch else None,
+            "best_epoch": stopper.best_epoch,
+            "bad_epochs": stopper.bad_epochs,
+        },
+        "versions": versions(),
+    }
+    checkpoints.save(run.step, _checkpoint_tree(run), meta, metrics)
+
+
+def restore_run(
+    checkpoints: Checkpointer, run: RunState, config: TrainConfig, log: Callable[[str], None]
+) -> RunState:
+    """`run` continued from the latest readable checkpoint."""
+    restored = checkpoints.restore_latest(_checkpoint_tree(run), warn=log)
+    if restored is None:
+        raise ConfigError(f"resume: no checkpoint in {checkpoints.directory}")
+    tree, meta = restored
+    state = run.state.replace(
+        params=tree["params"],
+        opt_state=tree["opt_state"],
+        batch_stats=tree["batch_stats"],
+        step=tree["step"],
+        key=jax.random.wrap_key_data(tree["key"]),
+        skipped_steps=tree["skipped_steps"],
+        bad_streak=tree["bad_streak"],
+    )
+    stopper = run.stopper
+    if meta["stopper"]["best_epoch"]:
+        stopper.best = meta["stopper"]["best"]
+    stopper.best_epoch = meta["stopper"]["best_epoch"]
+    stopper.bad_epochs = meta["stopper"]["bad_epochs"]
+    best = (tree["best"]["params"], tree["best"]["batch_stats"]) if "best" in tree else None
+    return RunState(
+        state,
+        stopper,
+        best=best,
+        history=list(meta["history"]),
+        step=int(meta["step"]),
+        resumed_at=int(meta["step"]),
+        finished=bool(meta["finished"]),
+    )
+
+
+def check_finite_steps(run: RunState, config: TrainConfig) -> None:
+    """Stops the run once `max_bad_steps` consecutive steps were non-finite (a host sync)."""
+    streak = int(run.state.bad_streak)
+    if streak >= config.max_bad_steps:
+        first = run.step - streak + 1
+        raise NonFiniteError(
+            f"{config.max_bad_steps} consecutive steps ({first}..{first + config.max_bad_steps - 1}"
+            f") had a non-finite loss or gradient; they were skipped and nothing non-finite was "
+            f"saved. Lower --lr, add --clip-norm, or find the first NaN with --debug-nans"
+        )
+
+
 def _final_value(history, monitor, stopper, *, restored: bool) -> float | None:
     """The monitored validation metric of the parameters the run ends with."""
     if restored:
         return stopper.best
     return history[-1].get(monitor)
+
+
+def write_jsonl(path: str, records: list[dict[str, Any]]) -> None:
+    """Writes `records` as JSON lines atomically (the history a resumed run starts from)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
+        f.writelines(json.dumps(record) + "\n" for record in records)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(f.name, path)
 
 
 def append_jsonl(path: str, record: dict[str, Any]) -> None:

@@ -71,13 +71,35 @@ def loss_fn(
 @functools.partial(jax.jit, donate_argnums=0)
 def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     """One step of gradient descent: augment the inputs, grad of `loss_fn`, optax update, new
-    batch-norm stats."""
+    batch-norm stats.
+
+    A step whose loss or gradients are not finite changes nothing but the step and the counters
+    `skipped_steps` and `bad_streak` (its metric sums are zero); once `bad_streak` reaches
+    `state.max_bad_steps` every later step is skipped too, so the loop can stop the run with
+    the weights of the last good step.
+    """
     dropout_key, augment_key = jax.random.split(jax.random.fold_in(state.key, state.step))
     if state.augment:
         batch = batch._replace(x=augment(augment_key, batch.x, state.augment))
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, (sums, batch_stats)), grads = grad_fn(state.params, state, batch, dropout_key)
-    return state.apply_gradients(grads=grads, batch_stats=batch_stats), sums
+    (loss, (sums, batch_stats)), grads = grad_fn(state.params, state, batch, dropout_key)
+    finite = jnp.isfinite(loss) & jnp.all(
+        jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+    )
+    good = finite & (state.bad_streak < state.max_bad_steps)
+    updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+
+    def keep_if_good(new, old):
+        return jax.tree.map(lambda a, b: jnp.where(good, a, b), new, old)
+
+    state = updated.replace(
+        params=keep_if_good(updated.params, state.params),
+        opt_state=keep_if_good(updated.opt_state, state.opt_state),
+        batch_stats=keep_if_good(updated.batch_stats, state.batch_stats),
+        skipped_steps=state.skipped_steps + (~good).astype(jnp.int32),
+        bad_streak=jnp.where(good, 0, state.bad_streak + 1),
+    )
+    return state, jax.tree.map(lambda v: jnp.where(good, v, jnp.zeros_like(v)), sums)
 
 
 @jax.jit

@@ -1,0 +1,316 @@
+"""Checkpoints with orbax: atomic, complete, checked against zoo's own record before loading.
+
+A checkpoint is one orbax step directory `DIR/checkpoints/<step>/` holding two items, committed
+together (orbax writes into a temporary directory and renames it when every item is written):
+
+- `state`: params, optimizer state, batch-norm statistics, the step, the raw PRNG key data and,
+  with early stopping, the best epoch's params and batch statistics;
+- `meta` (JSON): the config, the epoch history, the early-stopping counters, zoo's own list of
+  every state leaf's path, shape and dtype, and the jax/flax/optax/orbax versions and device count.
+
+The data order is a pure function of (seed, epoch) and dropout/augmentation keys of (key, step),
+so the step alone says where the data iterator and the random streams stand.
+
+Restoring compares the new run's state, leaf by leaf, with the recorded shapes and dtypes before
+orbax reads anything, since orbax would silently cast a dtype.
+"""
+
+import hashlib
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import chex
+import jax
+import numpy as np
+
+from zoo.training.config import MONITORS, ConfigError
+
+CHECKPOINTS = "checkpoints"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message names the path."""
+
+
+def _ocp():
+    import orbax.checkpoint as ocp
+
+    return ocp
+
+
+def versions() -> dict[str, Any]:
+    import flax
+    import optax
+
+    return {
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "orbax": _ocp().__version__,
+        "device_count": jax.device_count(),
+    }
+
+
+def describe_leaves(tree: Any) -> dict[str, list]:
+    """`{path: [shape, dtype]}` for every leaf of `tree`."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        jax.tree_util.keystr(path): [
+            list(np.shape(leaf)),
+            str(np.asarray(leaf).dtype) if not hasattr(leaf, "dtype") else str(leaf.dtype),
+        ]
+        for path, leaf in leaves
+    }
+
+
+def digests(tree: Any) -> dict[str, str]:
+    """`{path: sha256 of the leaf's bytes}`: a restored checkpoint must match it bit for bit."""
+    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+    return {
+        jax.tree_util.keystr(path): hashlib.sha256(np.ascontiguousarray(leaf).tobytes()).hexdigest()
+        for path, leaf in leaves
+    }
+
+
+def check_compatible(recorded: dict[str, list], current: dict[str, list], path: str) -> None:
+    """Raises `ConfigError` listing every leaf whose shape or dtype differs, or that only one
+    side has."""
+    problems = []
+    for name in sorted(set(recorded) | set(current)):
+        if name not in current:
+            problems.append(f"{name}: in the checkpoint, not in this model")
+        elif name not in recorded:
+            problems.append(f"{name}: in this model, not in the checkpoint")
+        elif recorded[name] != current[name]:
+            (shape, dtype), (new_shape, new_dtype) = recorded[name], current[name]
+            problems.append(
+                f"{name}: checkpoint has {tuple(shape)} {dtype}, this run expects "
+                f"{tuple(new_shape)} {new_dtype}"
+            )
+    if problems:
+        shown = "; ".join(problems[:5]) + (
+            f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        )
+        raise ConfigError(
+            f"checkpoint {path} does not fit this model/config ({len(problems)} leaves differ): "
+            f"{shown}"
+        )
+
+
+class Checkpointer:
+    """Saves and restores a run's checkpoints in `workdir/checkpoints`.
+
+    Keeps the latest `keep` checkpoints and, when `monitor` is given, also the one with the best
+    value of that metric (saved with the epoch-end checkpoints); the best is kept in addition to,
+    never instead of, the latest ones that resuming needs.
+    """
+
+    def __init__(self, workdir: str, *, keep: int = 2, monitor: str | None = None):
+        ocp = _ocp()
+        from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
+
+        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINTS))
+        keep_policies = [policies.LatestN(n=keep)]
+        if monitor is not None:
+            keep_policies.append(
+                policies.BestN(
+                    get_metric_fn=lambda metrics: metrics[monitor],
+                    reverse=not MONITORS[monitor],
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policies.AnyPreservationPolicy(keep_policies),
+            cleanup_tmp_directories=True,  # leftovers of a save that was killed
+            enable_async_checkpointing=False,  # each save is complete when save() returns
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "meta")
+        )
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        meta: dict[str, Any],
+        metrics: dict[str, float] | None = None,
+    ) -> None:
+        """Writes checkpoint `step`; any failure is fatal and names the directory."""
+        chex.assert_tree_all_finite(state)
+        ocp = _ocp()
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    meta=ocp.args.JsonSave(
+                        {**meta, "leaves": describe_leaves(state), "digests": digests(state)}
+                    ),
+                ),
+                metrics=metrics,
+                force=True,
+            )
+            self.manager.wait_until_finished()
+        except Exception as error:  # orbax raises ValueError, OSError, ... on write errors
+            raise CheckpointError(
+                f"could not write checkpoint {step} to {self.directory}: {error}"
+            ) from error
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        ocp = _ocp()
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def restore_latest(
+        self, like: Any, warn: Callable[[str], None]
+    ) -> tuple[Any, dict[str, Any]] | None:
+        """The newest readable checkpoint as `(state, meta)`, restored into the structure of
+        `like`; None when there is none. A checkpoint that cannot be read is reported through
+        `warn`, moved aside to `unreadable_checkpoints/` (kept, never deleted) once an older one
+        restores, and the previous one is tried; a shape/dtype mismatch is an error at once."""
+        steps = self.steps()
+        current = describe_leaves(like)
+        ocp = _ocp()
+        unreadable = []
+        for step in reversed(steps):
+            path = os.path.join(self.directory, str(step))
+            refuse_pickles(path)
+            try:
+                meta = self.read_meta(step)
+            except Exception as error:
+                warn(f"checkpoint {path} is unreadable ({_short(error)}); trying the previous one")
+                unreadable.append(path)
+                continue
+            check_compatible(meta.get("leaves", {}), current, path)
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+            try:
+                restored = self.manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+                )
+                state = restored["state"]
+                if digests(state) != meta["digests"]:
+                    raise ValueError("its arrays differ from the digests recorded when saving")
+            except Exception as error:
+                warn(f"checkpoint {path} is unreadable ({_short(error)}); trying the previous one")
+                unreadable.append(path)
+                continue
+            self._set_aside(unreadable, warn)
+            return state, meta
+        if steps:
+            raise CheckpointError(
+                f"no readable checkpoint in {self.directory} (tried steps {steps}); refusing to "
+                "start over from random weights"
+            )
+        return None
+
+    def _set_aside(self, paths: list[str], warn: Callable[[str], None]) -> None:
+        """Moves unreadable checkpoints out of the way of new saves of the same steps."""
+        if not paths:
+            return
+        aside = os.path.join(os.path.dirname(self.directory), "unreadable_checkpoints")
+        os.makedirs(aside, exist_ok=True)
+        for path in paths:
+            target = os.path.join(aside, f"{os.path.basename(path)}-{int(time.time())}")
+            os.replace(path, target)
+            warn(f"moved unreadable checkpoint {path} to {target}")
+        self.manager.reload()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".joblib")
+
+
+def refuse_pickles(directory: str) -> None:
+    """zoo never unpickles: a pickle-like file inside a checkpoint means it was tampered with."""
+    for root, _, files in os.walk(directory):
+        for name in files:
+            if name.endswith(PICKLE_SUFFIXES):
+                raise CheckpointError(
+                    f"refusing {os.path.join(root, name)}: zoo checkpoints never hold pickles, "
+                    "and zoo never loads them"
+                )
+
+
+def open_checkpoints(
+    workdir: str, config: Any, monitor: str | None, resume: bool, log: Callable[[str], None]
+) -> Checkpointer:
+    """The run's Checkpointer. Without `resume`, a finished run's checkpoints are replaced and an
+    unfinished run's are refused, so a forgotten `--resume` never discards hours of training."""
+
+    def create() -> Checkpointer:
+        return Checkpointer(workdir, keep=config.keep_checkpoints, monitor=monitor)
+
+    checkpoints = create()
+    steps = checkpoints.steps()
+    if resume or not steps:
+        return checkpoints
+    try:
+        finished = bool(checkpoints.read_meta(steps[-1]).get("finished"))
+    except Exception:  # unreadable: treat as unfinished, never delete it silently
+        finished = False
+    checkpoints.close()
+    if not finished:
+        raise ConfigError(
+            f"{checkpoints.directory} holds an unfinished run (latest checkpoint: step "
+            f"{steps[-1]}); pass --resume to continue it, or delete that directory to start over"
+        )
+    log(f"replacing the checkpoints of the finished run in {checkpoints.directory}")
+    shutil.rmtree(checkpoints.directory)
+    return create()
+
+
+def saved_config(workdir: str) -> dict[str, Any] | None:
+    """The config of the newest checkpoint in `workdir` whose metadata reads, or None."""
+    checkpoints = Checkpointer(workdir)
+    try:
+        for step in reversed(checkpoints.steps()):
+            try:
+                return checkpoints.read_meta(step)["config"]
+            except Exception:
+                continue
+        return None
+    finally:
+        checkpoints.close()
+
+
+class TerminationGuard:
+    """Turns SIGTERM into a flag that the loop reads after each step: the step finishes, the run
+    saves a checkpoint and stops. Only the main thread can install signal handlers; elsewhere
+    the guard does nothing."""
+
+    def __init__(self):
+        self.terminated = False
+        self.stop_at_step: int | None = None
+        self._installed = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.terminated = True
+
+    def __enter__(self) -> "TerminationGuard":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _short(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:200]
