@@ -209,6 +209,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.debug_nans:
+        jax.config.update("jax_debug_nans", True)
     try:
         config = build_config(args)
         if args.command == "search":
@@ -217,8 +219,6 @@ def main(argv: list[str]) -> int:
                 space = {**(space or {}), **parse_space_args(_field_names(args.space))}
             if not space:
                 raise ConfigError("search needs --space NAME=VALUES or --space-file")
-        if args.debug_nans:
-            jax.config.update("jax_debug_nans", True)
         log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
         log(f"devices: {jax.device_count()} x {jax.devices()[0].platform}")
         if args.command == "search":

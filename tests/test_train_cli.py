@@ -187,3 +187,13 @@ def test_search_over_a_2x2_grid_runs_4_trials_and_ranks_them(tmp_path):
     assert points == {(3e-4, 64), (3e-4, 128), (3e-3, 64), (3e-3, 128)}
     table = result.stdout[result.stdout.index("rank") :].splitlines()
     assert len(table) == 6 and table[-1] == f"wrote {tmp_path}/search.json"
+
+
+def test_debug_nans_turns_on_jax_debug_nans(tmp_path, capsys):
+    import jax
+
+    try:
+        assert _main("--debug-nans", "--epochs", "0", "--out", str(tmp_path)) == 2
+        assert jax.config.jax_debug_nans
+    finally:
+        jax.config.update("jax_debug_nans", False)

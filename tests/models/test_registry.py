@@ -99,7 +99,7 @@ class TestShapes(chex.TestCase):
     def test_output_shape_for_several_batch_sizes(self):
         for name, options, shape, dtype in CONFIGS:
             model = models.create(name, **options)
-            variables = model.init(jax.random.key(0), example(shape, dtype, (1,)))
+            variables = jax.jit(model.init)(jax.random.key(0), example(shape, dtype, (1,)))
             apply = self.variant(lambda v, x, m=model: m.apply(v, x))
             for batch in (1, 3):
                 y = apply(variables, example(shape, dtype, (batch,), seed=batch))
@@ -111,7 +111,7 @@ class TestShapes(chex.TestCase):
 def test_unbatched_and_multi_batch_inputs(key, name, options, shape, dtype):
     model = models.create(name, **options)
     x = example(shape, dtype, (2, 3))
-    variables = model.init(key, x)
+    variables = jax.jit(model.init)(key, x)
     y = model.apply(variables, x)
     assert y.shape == (2, 3, *output_shape(model, shape))
     np.testing.assert_allclose(model.apply(variables, x[1, 2]), y[1, 2], rtol=1e-5, atol=1e-6)
@@ -128,7 +128,7 @@ def _loss(model, variables):
 def test_params_are_plain_pytrees_for_grad(key, name, options, shape, dtype):
     model = models.create(name, **options)
     x = example(shape, dtype, (4,))
-    variables = model.init(key, x)
+    variables = jax.jit(model.init)(key, x)
     # A point near init, so zero-initialised layers (the forecaster's head) do not block gradients.
     leaves, treedef = jax.tree.flatten(variables["params"])
     noise = [
@@ -145,7 +145,7 @@ def test_vmap_per_example_gradients_and_ensembles(key, index):
     name, options, shape, dtype = CONFIGS[index]
     model = models.create(name, **options)
     x = example(shape, dtype, (4,))
-    variables = model.init(key, x)
+    variables = jax.jit(model.init)(key, x)
     loss = _loss(model, variables)
     grads = jax.grad(loss)(variables["params"], x)
     # Per-example gradients with vmap add up to the batch gradient (eval mode is per-example).

@@ -101,9 +101,17 @@ def test_same_seed_twice_and_stop_then_resume_are_bit_identical(tmp_path, refere
     stopped = run(*args, "--stop-after-steps", "5", "--out", split)
     assert stopped.returncode == PREEMPTED, stopped.stderr
     assert checkpoint_steps(split) == [5]
-    resumed = run("--resume", split)
+    # --resume for one; the other runs the same command again, which resumes an unfinished run
+    again_args = ("--resume", split) if name == "cnn-dropout" else (*args, "--out", split)
+    resumed = run(*again_args)
     assert resumed.returncode == 0, resumed.stderr
     assert_bit_identical(reference(name, *args), split)
+    if name == "lstm":
+        replaced = run(*args, "--lr", "0.01", "--stop-after-steps", "1", "--out", split)
+        assert replaced.returncode == PREEMPTED  # the finished run's checkpoints are replaced
+        assert checkpoint_steps(split) == [1]
+        refused = run(*args, "--out", split)  # an unfinished run with another learning rate
+        assert refused.returncode == 2 and "learning_rate differ" in refused.stderr
 
 
 def _wait_for(predicate, timeout=120.0):
@@ -113,7 +121,7 @@ def _wait_for(predicate, timeout=120.0):
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.15, 0.4])
+@pytest.mark.parametrize("delay", [0.0, 0.3])
 def test_sigkill_during_checkpoint_saves_resumes_from_a_complete_one(tmp_path, reference, delay):
     """Fault 1: a checkpoint every step, so the kill lands in or near a save."""
     out = str(tmp_path / "run")

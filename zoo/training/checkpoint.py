@@ -16,6 +16,7 @@ orbax reads anything, since orbax would silently cast a dtype.
 """
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -245,9 +246,13 @@ def refuse_pickles(directory: str) -> None:
 
 def open_checkpoints(
     workdir: str, config: Any, monitor: str | None, resume: bool, log: Callable[[str], None]
-) -> Checkpointer:
-    """The run's Checkpointer. Without `resume`, a finished run's checkpoints are replaced and an
-    unfinished run's are refused, so a forgotten `--resume` never discards hours of training."""
+) -> tuple[Checkpointer, bool]:
+    """The run's Checkpointer, and whether to resume from it.
+
+    Without `resume`: an unfinished run with the same config is resumed (running the same
+    command again continues it), one with another config is refused (so nothing is lost to a
+    mistyped flag), and a finished run's checkpoints are replaced.
+    """
 
     def create() -> Checkpointer:
         return Checkpointer(workdir, keep=config.keep_checkpoints, monitor=monitor)
@@ -255,20 +260,28 @@ def open_checkpoints(
     checkpoints = create()
     steps = checkpoints.steps()
     if resume or not steps:
-        return checkpoints
+        return checkpoints, resume
     try:
-        finished = bool(checkpoints.read_meta(steps[-1]).get("finished"))
-    except Exception:  # unreadable: treat as unfinished, never delete it silently
-        finished = False
-    checkpoints.close()
-    if not finished:
+        meta = checkpoints.read_meta(steps[-1])
+    except Exception:  # unreadable: let the resume path fall back or fail loudly
+        meta = {"finished": False, "config": None}
+    if not meta.get("finished"):
+        saved = meta.get("config")
+        current = json.loads(json.dumps(config.to_dict()))
+        if saved is None or saved == current:
+            log(f"resuming the unfinished run in {workdir} (latest checkpoint: step {steps[-1]})")
+            return checkpoints, True
+        checkpoints.close()
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         raise ConfigError(
             f"{checkpoints.directory} holds an unfinished run (latest checkpoint: step "
-            f"{steps[-1]}); pass --resume to continue it, or delete that directory to start over"
+            f"{steps[-1]}) with another config ({', '.join(changed)} differ); pass --resume to "
+            "continue it, or delete that directory to start over"
         )
+    checkpoints.close()
     log(f"replacing the checkpoints of the finished run in {checkpoints.directory}")
     shutil.rmtree(checkpoints.directory)
-    return create()
+    return create(), False
 
 
 def saved_config(workdir: str) -> dict[str, Any] | None:

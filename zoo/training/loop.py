@@ -144,8 +144,8 @@ def train_and_evaluate(
       verbose: False logs only the test line.
       progress: a progress bar per epoch; None: when stderr is a terminal and `verbose`.
       resume: continue from the latest readable checkpoint in `workdir` (an error when there is
-        none). Without it, a finished run's checkpoints in `workdir` are replaced, and an
-        unfinished run's are refused.
+        none). Without it, an unfinished run in `workdir` with the same config is resumed too,
+        one with another config is refused, and a finished run's checkpoints are replaced.
       stop_after_steps: save and stop (raising `Preempted`) after this many steps of this call,
         for runs cut into chunks by a scheduler's time limit.
 
@@ -178,7 +178,7 @@ def train_and_evaluate(
 
     os.makedirs(workdir, exist_ok=True)
     has_validation = len(dataset.validation.x) > 0
-    checkpoints = open_checkpoints(
+    checkpoints, resume = open_checkpoints(
         workdir, config, monitor if has_validation else None, resume, log
     )
     run = RunState(state, stopper=EarlyStopping(monitor, config.patience, config.min_delta))
