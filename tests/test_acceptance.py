@@ -1,6 +1,6 @@
 """The issues' "done when" targets, as a user runs them: each model's preset, end to end.
 
-Slow (the char LM trains for about three minutes) but cheap next to what they guard.
+Slow (the char LM trains for about two minutes) but cheap next to what they guard.
 """
 
 import pytest

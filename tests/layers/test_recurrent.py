@@ -94,7 +94,7 @@ class TestCells(chex.TestCase):
 
 def layer_params(cell, reset_after=True):
     layer = Recurrent(cell, H, reset_after=reset_after)
-    return layer, jax.jit(layer.init)(jax.random.key(2), jnp.zeros((B, T, F)))
+    return layer, layer.init(jax.random.key(2), jnp.zeros((B, T, F)))
 
 
 @pytest.mark.parametrize("cell, reset_after", [("lstm", True), ("gru", True), ("gru", False)])
@@ -102,7 +102,7 @@ def layer_params(cell, reset_after=True):
 def test_scanned_layer_matches_python_loop_of_cell(cell, reset_after, reverse):
     layer = Recurrent(cell, H, reverse=reverse, reset_after=reset_after)
     x = jax.random.normal(jax.random.key(3), (B, T, F))
-    variables = jax.jit(layer.init)(jax.random.key(2), x)
+    variables = layer.init(jax.random.key(2), x)
     final, outputs = jax.jit(layer.apply)(variables, x)
     p = variables["params"]
     step = (
@@ -117,7 +117,7 @@ def test_scanned_layer_matches_python_loop_of_cell(cell, reset_after, reverse):
 
 def test_unroll_gives_the_same_result():
     x = jax.random.normal(jax.random.key(4), (B, T, F))
-    variables = jax.jit(Recurrent("lstm", H).init)(jax.random.key(0), x)
+    variables = Recurrent("lstm", H).init(jax.random.key(0), x)
     rolled = Recurrent("lstm", H).apply(variables, x)
     unrolled = Recurrent("lstm", H, unroll=4).apply(variables, x)
     chex.assert_trees_all_close(rolled, unrolled, rtol=1e-6)
@@ -175,7 +175,7 @@ class TestShapes(chex.TestCase):
                 for return_sequences in (False, True):
                     model = StackedRNN(cell, (6, 5), bidirectional, return_sequences)
                     x = jnp.ones((B, T, F))
-                    variables = jax.jit(model.init)(jax.random.key(0), x)
+                    variables = model.init(jax.random.key(0), x)
                     y, states = self.variant(model.apply)(variables, x)
                     width = 10 if bidirectional else 5
                     chex.assert_shape(y, (B, T, width) if return_sequences else (B, width))
@@ -185,7 +185,7 @@ class TestShapes(chex.TestCase):
 def test_initial_state_is_used():
     model = StackedRNN("lstm", (H,), return_sequences=True)
     x = jnp.ones((B, T, F))
-    variables = jax.jit(model.init)(jax.random.key(0), x)
+    variables = model.init(jax.random.key(0), x)
     zero, _ = model.apply(variables, x)
     start = LSTMState(jnp.ones((B, H)), jnp.ones((B, H)))
     given, _ = model.apply(variables, x, initial_states=[start])
@@ -224,7 +224,7 @@ def test_recurrent_dropout_uses_one_mask_per_sequence(cell, reset_after):
     rate, hidden = 0.5, 6
     layer = Recurrent(cell, hidden, reset_after=reset_after, recurrent_dropout=rate)
     x = jax.random.normal(jax.random.key(3), (B, T, F))
-    variables = jax.jit(layer.init)(jax.random.key(2), x)
+    variables = layer.init(jax.random.key(2), x)
     (_, outputs), sown = layer.apply(
         variables, x, train=True, rngs={"dropout": jax.random.key(7)}, mutable=["intermediates"]
     )
@@ -251,7 +251,7 @@ def test_recurrent_dropout_uses_one_mask_per_sequence(cell, reset_after):
 def test_stacked_rnn_passes_recurrent_dropout_to_every_layer():
     rnn = StackedRNN("lstm", (H, H), bidirectional=True, recurrent_dropout=0.3)
     x = jnp.ones((B, T, F))
-    variables = jax.jit(rnn.init)(jax.random.key(0), x)
+    variables = rnn.init(jax.random.key(0), x)
     _, sown = rnn.apply(
         variables, x, train=True, rngs={"dropout": jax.random.key(1)}, mutable=["intermediates"]
     )

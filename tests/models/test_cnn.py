@@ -8,7 +8,7 @@ from zoo import models
 
 def test_seed_cnn_has_the_keras_parameter_count(key):
     # keras.io "Simple MNIST convnet"-style model summary: Total params: 93,322.
-    variables = jax.jit(models.create("cnn").init)(key, jnp.zeros((1, 28, 28, 1)))
+    variables = models.create("cnn").init(key, jnp.zeros((1, 28, 28, 1)))
     assert sum(p.size for p in jax.tree.leaves(variables)) == 93_322
 
 
@@ -32,7 +32,7 @@ def _numpy_max_pool(x: np.ndarray) -> np.ndarray:
 def test_seed_cnn_matches_numpy_reference(key):
     model = models.create("cnn")
     x = jax.random.uniform(key, (3, 28, 28, 1))
-    params = jax.tree.map(np.asarray, jax.jit(model.init)(key, x)["params"])
+    params = jax.tree.map(np.asarray, model.init(key, x)["params"])
     relu = lambda v: np.maximum(v, 0)  # noqa: E731
     h = np.asarray(x, np.float64)
     for layer, pool in (("Conv_0", True), ("Conv_1", True), ("Conv_2", False)):
@@ -47,7 +47,7 @@ def test_seed_cnn_matches_numpy_reference(key):
 def test_dropout_is_random_in_training_and_off_in_evaluation(key):
     model = models.create("convnet", input_shape=(12, 12, 1), dropout=0.5)
     x = jax.random.normal(key, (4, 12, 12, 1))
-    variables = jax.jit(model.init)(key, x)
+    variables = model.init(key, x)
     eval_a, eval_b = model.apply(variables, x), model.apply(variables, x, train=False)
     np.testing.assert_array_equal(eval_a, eval_b)
     train = [
@@ -62,7 +62,7 @@ def test_dropout_is_random_in_training_and_off_in_evaluation(key):
 def test_batch_norm_uses_batch_stats_in_training_and_running_stats_in_evaluation(key):
     model = models.create("convnet", input_shape=(8, 8, 2), batch_norm=True)
     x = jax.random.normal(key, (6, 8, 8, 2)) * 3 + 1
-    variables = jax.jit(model.init)(key, x)
+    variables = model.init(key, x)
     logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
     assert logits.shape == (6, 10)
     before, after = variables["batch_stats"]["BatchNorm_0"], updates["batch_stats"]["BatchNorm_0"]
@@ -91,7 +91,7 @@ def test_bad_input_names_the_expected_shape(key, x, match):
     model = models.create("cnn")
     with pytest.raises(ValueError, match=match):
         model.init(key, x)
-    variables = jax.jit(model.init)(key, jnp.zeros((1, 28, 28, 1)))
+    variables = model.init(key, jnp.zeros((1, 28, 28, 1)))
     with pytest.raises(ValueError, match=match):
         jax.jit(model.apply)(variables, x)
 

@@ -94,24 +94,29 @@ def test_every_registered_model_is_covered():
     assert {name for name, *_ in CONFIGS} == set(models.names())
 
 
-class TestShapes(chex.TestCase):
-    @chex.variants(with_jit=True, without_jit=True)
-    def test_output_shape_for_several_batch_sizes(self):
-        for name, options, shape, dtype in CONFIGS:
-            model = models.create(name, **options)
-            variables = jax.jit(model.init)(jax.random.key(0), example(shape, dtype, (1,)))
-            apply = self.variant(lambda v, x, m=model: m.apply(v, x))
-            for batch in (1, 3):
-                y = apply(variables, example(shape, dtype, (batch,), seed=batch))
-                chex.assert_shape(y, (batch, *output_shape(model, shape)))
-                chex.assert_tree_all_finite(y)
+def _check_output_shapes(apply, batch_sizes):
+    for name, options, shape, dtype in CONFIGS:
+        model = models.create(name, **options)
+        variables = model.init(jax.random.key(0), example(shape, dtype, (1,)))
+        for batch in batch_sizes:
+            y = apply(model)(variables, example(shape, dtype, (batch,), seed=batch))
+            chex.assert_shape(y, (batch, *output_shape(model, shape)))
+            chex.assert_tree_all_finite(y)
+
+
+def test_output_shapes_eagerly_for_several_batch_sizes():
+    _check_output_shapes(lambda model: model.apply, (1, 3))
+
+
+def test_output_shapes_under_jit():
+    _check_output_shapes(lambda model: jax.jit(model.apply), (3,))
 
 
 @pytest.mark.parametrize("name, options, shape, dtype", CONFIGS, ids=IDS)
 def test_unbatched_and_multi_batch_inputs(key, name, options, shape, dtype):
     model = models.create(name, **options)
     x = example(shape, dtype, (2, 3))
-    variables = jax.jit(model.init)(key, x)
+    variables = model.init(key, x)
     y = model.apply(variables, x)
     assert y.shape == (2, 3, *output_shape(model, shape))
     np.testing.assert_allclose(model.apply(variables, x[1, 2]), y[1, 2], rtol=1e-5, atol=1e-6)
@@ -128,7 +133,7 @@ def _loss(model, variables):
 def test_params_are_plain_pytrees_for_grad(key, name, options, shape, dtype):
     model = models.create(name, **options)
     x = example(shape, dtype, (4,))
-    variables = jax.jit(model.init)(key, x)
+    variables = model.init(key, x)
     # A point near init, so zero-initialised layers (the forecaster's head) do not block gradients.
     leaves, treedef = jax.tree.flatten(variables["params"])
     noise = [
@@ -145,7 +150,7 @@ def test_vmap_per_example_gradients_and_ensembles(key, index):
     name, options, shape, dtype = CONFIGS[index]
     model = models.create(name, **options)
     x = example(shape, dtype, (4,))
-    variables = jax.jit(model.init)(key, x)
+    variables = model.init(key, x)
     loss = _loss(model, variables)
     grads = jax.grad(loss)(variables["params"], x)
     # Per-example gradients with vmap add up to the batch gradient (eval mode is per-example).

@@ -11,7 +11,7 @@ def test_classifier_with_lengths_matches_each_sequence_alone(key):
     model = models.create("bigru", input_shape=(None, 3), hidden_sizes=(4, 5), num_classes=6)
     sequences = [np.random.default_rng(i).normal(size=(n, 3)) for i, n in enumerate((5, 2, 4))]
     x, lengths = pad_sequences(sequences)
-    variables = jax.jit(model.init)(key, x)
+    variables = model.init(key, x)
     logits = model.apply(variables, x, lengths)
     for i, sequence in enumerate(sequences):
         alone = model.apply(variables, sequence[None].astype(np.float32))
@@ -23,7 +23,7 @@ def test_classifier_with_lengths_matches_each_sequence_alone(key):
 
 def test_source_documents_lstm_shapes(key):
     model = models.create("lstm", input_shape=(28, 28))
-    variables = jax.jit(model.init)(key, jnp.zeros((1, 28, 28)))
+    variables = model.init(key, jnp.zeros((1, 28, 28)))
     params = variables["params"]
     assert params["StackedRNN_0"]["layer_0"]["kernel"].shape == (28, 512)
     assert params["StackedRNN_0"]["layer_1"]["recurrent_kernel"].shape == (128, 512)
@@ -33,7 +33,7 @@ def test_source_documents_lstm_shapes(key):
 def test_charlm_stepwise_states_equal_one_full_pass(key):
     model = models.create("charlm", num_classes=9, hidden_sizes=(6, 5), embed_dim=3)
     tokens = jax.random.randint(key, (2, 7), 0, 9)
-    variables = jax.jit(model.init)(key, tokens)
+    variables = model.init(key, tokens)
     full = model.apply(variables, tokens)
     logits, states = model.apply(variables, tokens[:, :3], return_states=True)
     for t in range(3, 7):
@@ -46,7 +46,7 @@ def test_charlm_stepwise_states_equal_one_full_pass(key):
 def test_sampling_is_seeded_and_follows_the_model(key):
     model = models.create("charlm", num_classes=9, hidden_sizes=(8,), embed_dim=4)
     prompt = jnp.array([[1, 2, 3], [4, 5, 6]])
-    variables = jax.jit(model.init)(key, prompt)
+    variables = model.init(key, prompt)
     a = models.sample(model, variables, prompt, jax.random.key(1), length=6)
     b = models.sample(model, variables, prompt, jax.random.key(1), length=6)
     c = models.sample(model, variables, prompt, jax.random.key(2), length=6)
@@ -63,7 +63,7 @@ def test_sampling_is_seeded_and_follows_the_model(key):
 def test_untrained_forecaster_is_the_naive_forecast(key):
     model = models.create("forecast", input_shape=(None, 2), horizon=3)
     x = jax.random.normal(key, (4, 6, 2))
-    variables = jax.jit(model.init)(key, x)
+    variables = model.init(key, x)
     np.testing.assert_allclose(model.apply(variables, x), np.repeat(x[:, -1, :1], 3, axis=1))
     lengths = jnp.array([6, 2, 4, 1])
     expected = x[jnp.arange(4), lengths - 1, 0][:, None].repeat(3, axis=1)
@@ -98,7 +98,7 @@ def test_registry_knows_each_models_task():
 def test_bad_lengths_and_options(key):
     model = models.create("lstm", input_shape=(None, 2), hidden_sizes=(3,))
     x = jnp.zeros((2, 4, 2))
-    variables = jax.jit(model.init)(key, x)
+    variables = model.init(key, x)
     with pytest.raises(ValueError, match=r"lengths must be in \[0, 4\]"):
         model.apply(variables, x, jnp.array([5, 1]))
     with pytest.raises(ValueError, match=r"lengths must have the batch shape \(2,\)"):

@@ -5,6 +5,7 @@ bad files; it must resume bit-identically (same CPU, versions and device count),
 naming the path, or refuse.
 """
 
+import json
 import os
 import pickle
 import signal
@@ -142,8 +143,8 @@ def test_sigkill_during_checkpoint_saves_resumes_from_a_complete_one(tmp_path, r
     assert not leftovers
 
 
-def test_sigterm_mid_epoch_saves_and_resume_continues_from_that_step(tmp_path, reference):
-    """Fault 2."""
+def test_sigterm_mid_epoch_saves_and_resume_continues_from_that_step(tmp_path):
+    """Fault 2 (that resuming is bit-exact is fault 3's test)."""
     args = ["--model", "cnn", "--epochs", "6", "--batch-size", "128"]
     out = str(tmp_path / "run")
     process = subprocess.Popen(
@@ -162,7 +163,10 @@ def test_sigterm_mid_epoch_saves_and_resume_continues_from_that_step(tmp_path, r
     assert f"after step {step}" in stderr and f"--resume {out}" in stderr
     resumed = run("--resume", out)
     assert resumed.returncode == 0, resumed.stderr
-    assert_bit_identical(reference("cnn-6", *args), out)
+    with open(os.path.join(out, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["resumed_from_step"] == step and metrics["steps"] == 6 * 9
+    assert [record["epoch"] for record in metrics["history"]] == [1, 2, 3, 4, 5, 6]
 
 
 # Runs train.py with files limited to 64 KB; SIGXFSZ ignored (kept across exec), so a write past

@@ -13,6 +13,7 @@ from zoo.training.search import (
     parse_space_args,
     run_search,
     sample,
+    summarize,
     trial_config,
 )
 
@@ -134,3 +135,14 @@ def test_random_search_records_rejected_points_and_goes_on(tmp_path):
     done = [t for t in summary["trials"] if "value" in t]
     assert failed and done and len(failed) + len(done) == 4
     assert "batch_size 100000 is larger than" in failed[0]["error"]
+
+
+def test_accuracy_ranks_higher_first_and_failed_trials_last():
+    results = [
+        {"trial": 0, "params": {}, "monitor": "val_accuracy", "value": 0.5},
+        {"trial": 1, "params": {}, "error": "batch_size too large"},
+        {"trial": 2, "params": {}, "monitor": "val_accuracy", "value": 0.9},
+    ]
+    summary = summarize("grid", parse_space({"seed": [0, 1, 2]}), results)
+    assert [t["trial"] for t in summary["trials"]] == [2, 0, 1]
+    assert summary["best"]["trial"] == 2 and summary["higher_is_better"]

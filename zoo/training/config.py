@@ -37,9 +37,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cnn_lstm": {"dataset": "digits-strips", "epochs": 25},
     "charlm": {
         "dataset": "text",
-        "epochs": 15,
+        "epochs": 10,
         "batch_size": 64,
-        "learning_rate": 3e-3,
+        "learning_rate": 5e-3,
+        "schedule": "cosine",
         "model_options": {"hidden_sizes": (256,)},
     },
     "forecast": {"dataset": "series", "epochs": 10, "batch_size": 16},

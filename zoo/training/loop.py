@@ -250,6 +250,7 @@ def train_and_evaluate(
         "task": dataset.task,
         "epochs": len(history),
         "steps": run.step,
+        "resumed_from_step": run.resumed_at if resume else None,
         "skipped_steps": int(state.skipped_steps),
         "monitor": monitor,
         "monitor_value": _final_value(history, monitor, run.stopper, restored=run.best is not None),

@@ -273,12 +273,12 @@ def run_search(
                 study.tell(optuna_trial, record["value"])
             shown = f"{record['monitor']} {record['value']:.4f}"
             log(f"trial {number}: {_format_point(point)} -> {shown}")
-        summary = _summary(method, space, results)
+        summary = summarize(method, space, results)
         write_json(os.path.join(workdir, "search.json"), summary)
     return summary
 
 
-def _summary(method: str, space: Space, results: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(method: str, space: Space, results: list[dict[str, Any]]) -> dict[str, Any]:
     done = [r for r in results if "value" in r]
     failed = [r for r in results if "value" not in r]
     higher = MONITORS[done[0]["monitor"]] if done else True
