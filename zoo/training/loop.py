@@ -23,7 +23,7 @@ from zoo.training.config import ConfigError, TrainConfig
 from zoo.training.early_stopping import EarlyStopping, check_monitor, default_monitor
 from zoo.training.progress import EpochProgress, on_terminal
 from zoo.training.state import TrainState, create_train_state
-from zoo.training.steps import Metrics, eval_step, train_step
+from zoo.training.steps import eval_step, summarize_metrics, train_step
 
 
 def evaluate(state: TrainState, split: Split, batch_size: int, num_classes: int) -> dict[str, Any]:
@@ -37,7 +37,7 @@ def evaluate(state: TrainState, split: Split, batch_size: int, num_classes: int)
         batch_predictions, batch_sums = eval_step(state, batch)
         predictions.append(batch_predictions)
         sums.append(batch_sums)
-    summary = _summarize(sums)
+    summary = summarize_metrics(sums)
     if state.task == "regress":
         return {"loss": summary["loss"], "mse": summary["loss"]}
     if state.task == "language":
@@ -50,15 +50,6 @@ def evaluate(state: TrainState, split: Split, batch_size: int, num_classes: int)
         "macro_f1": float(metrics_lib.macro_f1_from_confusion(confusion)),
         "confusion_matrix": confusion.tolist(),
     }
-
-
-def _summarize(step_metrics: list[Metrics]) -> dict[str, float]:
-    totals = jax.device_get(jax.tree.map(lambda *xs: sum(xs), *step_metrics))  # one host sync
-    count = max(float(totals["count"]), 1.0)
-    summary = {"loss": float(totals["loss_sum"]) / count}
-    if "correct" in totals:
-        summary["accuracy"] = float(totals["correct"]) / count
-    return summary
 
 
 def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
@@ -312,7 +303,7 @@ def _train_epoch(run, dataset, config, epoch, steps_per_epoch, show_bar, checkpo
                 if run.step % steps_per_epoch:  # epoch ends are saved by the loop, with metrics
                     save_checkpoint(checkpoints, run, config)
     check_finite_steps(run, config)
-    record = {"epoch": epoch} | {f"train_{k}": v for k, v in _summarize(bar.metrics).items()}
+    record = {"epoch": epoch} | {f"train_{k}": v for k, v in summarize_metrics(bar.metrics).items()}
     record["examples_per_second"] = (
         (steps_per_epoch - done) * config.batch_size / (time.perf_counter() - epoch_start)
     )
@@ -413,12 +404,7 @@ def _final_value(history, monitor, stopper, *, restored: bool) -> float | None:
 
 def write_jsonl(path: str, records: list[dict[str, Any]]) -> None:
     """Writes `records` as JSON lines atomically (the history a resumed run starts from)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
-        f.writelines(json.dumps(record) + "\n" for record in records)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
+    _write_atomically(path, "".join(json.dumps(record) + "\n" for record in records))
 
 
 def append_jsonl(path: str, record: dict[str, Any]) -> None:
@@ -431,10 +417,14 @@ def append_jsonl(path: str, record: dict[str, Any]) -> None:
 
 def write_json(path: str, obj: Any) -> None:
     """Writes `obj` as JSON atomically: a reader sees the old file or the new one, never half."""
+    _write_atomically(path, json.dumps(obj, indent=2))
+
+
+def _write_atomically(path: str, text: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as f:
-        json.dump(obj, f, indent=2)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(f.name, path)

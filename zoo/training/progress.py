@@ -6,10 +6,9 @@ sync that would otherwise stall the device after every step.
 
 import sys
 
-import jax
 from tqdm.auto import tqdm
 
-from zoo.training.steps import Metrics
+from zoo.training.steps import Metrics, summarize_metrics
 
 
 def on_terminal() -> bool:
@@ -55,11 +54,8 @@ class EpochProgress:
             return
         self.bar.update(self.batch_size)
         if len(self.metrics) % self.refresh_every == 0:
-            totals = jax.device_get(
-                jax.tree.map(lambda *xs: sum(xs), *self.metrics[-self.refresh_every :])
-            )
-            count = max(float(totals["count"]), 1.0)
-            shown = {"loss": f"{float(totals['loss_sum']) / count:.4f}"}
-            if "correct" in totals:
-                shown["acc"] = f"{float(totals['correct']) / count:.4f}"
+            recent = summarize_metrics(self.metrics[-self.refresh_every :])
+            shown = {"loss": f"{recent['loss']:.4f}"}
+            if "accuracy" in recent:
+                shown["acc"] = f"{recent['accuracy']:.4f}"
             self.bar.set_postfix(shown, refresh=False)

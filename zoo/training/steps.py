@@ -109,3 +109,14 @@ def eval_step(state: TrainState, batch: Batch) -> tuple[jax.Array | None, Metric
     outputs = state.apply_fn(_variables(state.params, state.batch_stats), batch.x, train=False)
     predictions = jnp.argmax(outputs, axis=-1) if state.task == "classify" else None
     return predictions, compute_metrics(state.task, outputs, batch)
+
+
+def summarize_metrics(step_metrics: list[Metrics]) -> dict[str, float]:
+    """Mean loss (and accuracy, when counted) over a list of per-step metric sums; one host
+    sync."""
+    totals = jax.device_get(jax.tree.map(lambda *xs: sum(xs), *step_metrics))
+    count = max(float(totals["count"]), 1.0)
+    summary = {"loss": float(totals["loss_sum"]) / count}
+    if "correct" in totals:
+        summary["accuracy"] = float(totals["correct"]) / count
+    return summary
