@@ -174,7 +174,7 @@ def train_and_evaluate(
     )
     run = RunState(state, stopper=EarlyStopping(monitor, config.patience, config.min_delta))
     if config.patience is not None:
-        run.best = jax.tree.map(jnp.copy, (state.params, state.batch_stats))  # train_step donates
+        run.best = _snapshot(state)
     try:
         if resume:
             run = restore_run(checkpoints, run, config, log)
@@ -189,17 +189,16 @@ def train_and_evaluate(
             for epoch in range(first_epoch, config.epochs + 1):
                 if run.finished:
                     break
-                _train_epoch(
+                record = _train_epoch(
                     run, dataset, config, epoch, steps_per_epoch, show_bar, checkpoints, guard
                 )
-                record = run.last_record
                 if has_validation:
                     val = evaluate(
                         run.state, dataset.validation, config.batch_size, dataset.num_classes
                     )
                     record |= {f"val_{k}": v for k, v in val.items() if k != "confusion_matrix"}
                     if run.stopper.update(epoch, record[monitor]) and run.best is not None:
-                        run.best = jax.tree.map(jnp.copy, (run.state.params, run.state.batch_stats))
+                        run.best = _snapshot(run.state)
                 run.history.append(record)
                 append_jsonl(history_path, record)
                 shown = " | ".join(
@@ -224,7 +223,8 @@ def train_and_evaluate(
     finally:
         checkpoints.close()
     state = run.state
-    if run.best is not None and run.stopper.best_epoch:
+    restored = run.best is not None and run.stopper.best_epoch > 0
+    if restored:
         state = state.replace(params=run.best[0], batch_stats=run.best[1])
 
     test = {
@@ -244,7 +244,7 @@ def train_and_evaluate(
         "resumed_from_step": run.resumed_at if resume else None,
         "skipped_steps": int(state.skipped_steps),
         "monitor": monitor,
-        "monitor_value": _final_value(history, monitor, run.stopper, restored=run.best is not None),
+        "monitor_value": run.stopper.best if restored else history[-1].get(monitor),
         "best_epoch": run.stopper.best_epoch,
         "num_params": num_params,
         **test,
@@ -278,12 +278,11 @@ class RunState:
     step: int = 0  # counted on the host, so reading it never waits for the device
     resumed_at: int = 0
     finished: bool = False
-    last_record: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _train_epoch(run, dataset, config, epoch, steps_per_epoch, show_bar, checkpoints, guard):
     """Trains from `run.step` to the end of `epoch`, saving every `checkpoint_every` steps and
-    on SIGTERM; leaves the epoch's train metrics in `run.last_record`."""
+    on SIGTERM; returns the epoch's record of train metrics."""
     epoch_start = time.perf_counter()
     done = run.step - (epoch - 1) * steps_per_epoch  # > 0 when resuming mid-epoch
     batches = data.batches(
@@ -307,7 +306,12 @@ def _train_epoch(run, dataset, config, epoch, steps_per_epoch, show_bar, checkpo
     record["examples_per_second"] = (
         (steps_per_epoch - done) * config.batch_size / (time.perf_counter() - epoch_start)
     )
-    run.last_record = record
+    return record
+
+
+def _snapshot(state: TrainState) -> tuple[Any, Any]:
+    """Copies of the params and batch stats: train_step donates the state's own buffers."""
+    return jax.tree.map(jnp.copy, (state.params, state.batch_stats))
 
 
 def _checkpoint_tree(run: RunState) -> dict[str, Any]:
@@ -393,13 +397,6 @@ def check_finite_steps(run: RunState, config: TrainConfig) -> None:
             f") had a non-finite loss or gradient; they were skipped and nothing non-finite was "
             f"saved. Lower --lr, add --clip-norm, or find the first NaN with --debug-nans"
         )
-
-
-def _final_value(history, monitor, stopper, *, restored: bool) -> float | None:
-    """The monitored validation metric of the parameters the run ends with."""
-    if restored:
-        return stopper.best
-    return history[-1].get(monitor)
 
 
 def write_jsonl(path: str, records: list[dict[str, Any]]) -> None:
