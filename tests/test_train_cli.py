@@ -191,3 +191,11 @@ def test_debug_nans_turns_on_jax_debug_nans(tmp_path, capsys):
         assert jax.config.jax_debug_nans
     finally:
         jax.config.update("jax_debug_nans", False)
+
+
+def test_resume_from_a_directory_without_checkpoints_names_it_and_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "never-ran"
+    assert _main("--resume", str(missing)) == 2
+    error = capsys.readouterr().err
+    assert f"no readable checkpoint in {missing}/checkpoints" in error
+    assert not missing.exists()

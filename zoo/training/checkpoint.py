@@ -286,6 +286,8 @@ def open_checkpoints(
 
 def saved_config(workdir: str) -> dict[str, Any] | None:
     """The config of the newest checkpoint in `workdir` whose metadata reads, or None."""
+    if not os.path.isdir(os.path.join(workdir, CHECKPOINTS)):
+        return None  # reading must not create the directory
     checkpoints = Checkpointer(workdir)
     try:
         for step in reversed(checkpoints.steps()):
