@@ -17,6 +17,7 @@ from zoo.training import ConfigError, TrainConfig, train_and_evaluate
 from zoo.training.checkpoint import CHECKPOINTS, CheckpointError, saved_config
 from zoo.training.config import AUGMENTATIONS, MONITORS, OPTIMIZERS, REGULARIZE, SCHEDULES
 from zoo.training.loop import NonFiniteError, Preempted
+from zoo.training.parallel import PARALLEL, initialize_distributed
 from zoo.training.search import METHODS, format_table, load_space, parse_space_args, run_search
 
 PRESET = " (default: the model's preset)"
@@ -105,7 +106,13 @@ _CONFIG_FLAGS = [
 PREEMPTED = 143
 FAILED = 1  # the run failed: a checkpoint could not be written, or training diverged
 # Config fields and the flags that set them, for error messages that name what the user typed.
-_FLAGS = {"model": "--model", "model_options": "--model-option"} | {
+_FLAGS = {
+    "model": "--model",
+    "model_options": "--model-option",
+    "coordinator": "--coordinator",
+    "num_processes": "--num-processes",
+    "process_id": "--process-id",
+} | {
     field: flag for field, flag, _ in _CONFIG_FLAGS
 }
 
@@ -126,6 +133,39 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     )
     for field, flag, options in _CONFIG_FLAGS:
         parser.add_argument(flag, dest=field, **options)
+    parser.add_argument(
+        "--parallel",
+        choices=PARALLEL,
+        default="sharding",
+        help="data parallel over every device: jit on a device mesh (sharding, default), pmap, "
+        "or one device (none)",
+    )
+    env = os.environ.get
+    parser.add_argument(
+        "--coordinator",
+        default=env("JAX_COORDINATOR_ADDRESS"),
+        metavar="HOST:PORT",
+        help="multi-process run: process 0's address (env JAX_COORDINATOR_ADDRESS)",
+    )
+    parser.add_argument(
+        "--num-processes",
+        type=int,
+        default=_env_int("JAX_NUM_PROCESSES"),
+        help="multi-process run: how many processes (env JAX_NUM_PROCESSES)",
+    )
+    parser.add_argument(
+        "--process-id",
+        type=int,
+        default=_env_int("JAX_PROCESS_ID"),
+        help="multi-process run: this process, 0..N-1 (env JAX_PROCESS_ID)",
+    )
+    parser.add_argument(
+        "--init-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="multi-process run: give up when not every process joined by then (default 120)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     parser.add_argument(
         "--debug-nans", action="store_true", help="jax_debug_nans: fail at the first NaN"
@@ -175,6 +215,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        raise SystemExit(f"train.py: error: {name}={value!r} must be an integer") from None
+
+
+def join_processes(args: argparse.Namespace) -> None:
+    """`jax.distributed.initialize` when a multi-process run is asked for; before any other JAX
+    call, as JAX requires."""
+    given = {
+        "--coordinator": args.coordinator,
+        "--num-processes": args.num_processes,
+        "--process-id": args.process_id,
+    }
+    if all(value is None for value in given.values()):
+        return
+    missing = [flag for flag, value in given.items() if value is None]
+    if missing:
+        raise ConfigError(f"a multi-process run needs {', '.join(missing)} as well")
+    initialize_distributed(
+        args.coordinator, args.num_processes, args.process_id, timeout=args.init_timeout
+    )
+
+
 def parse_model_options(pairs: list[str]) -> dict:
     options = {}
     for pair in pairs:
@@ -212,6 +278,7 @@ def main(argv: list[str]) -> int:
     if args.debug_nans:
         jax.config.update("jax_debug_nans", True)
     try:
+        join_processes(args)
         config = build_config(args)
         if args.command == "search":
             space = load_space(args.space_file) if args.space_file else None
@@ -220,13 +287,25 @@ def main(argv: list[str]) -> int:
             if not space:
                 raise ConfigError("search needs --space NAME=VALUES or --space-file")
         log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
-        log(f"devices: {jax.device_count()} x {jax.devices()[0].platform}")
+        if jax.process_index() > 0:
+            log = lambda line: None  # noqa: E731 - process 0 speaks for all
+        log(
+            f"devices: {jax.device_count()} x {jax.devices()[0].platform}"
+            + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
+        )
         if args.command == "search":
             summary = run_search(
-                config, space, args.out, method=args.method, trials=args.trials, log=log
+                config,
+                space,
+                args.out,
+                method=args.method,
+                trials=args.trials,
+                log=log,
+                parallel=args.parallel,
             )
-            print(format_table(summary))
-            print(f"wrote {args.out}/search.json")
+            if jax.process_index() == 0:
+                print(format_table(summary))
+                print(f"wrote {args.out}/search.json")
             return 0
         train_and_evaluate(
             config,
@@ -236,6 +315,7 @@ def main(argv: list[str]) -> int:
             plot=args.plot,
             resume=bool(args.resume),
             stop_after_steps=args.stop_after_steps,
+            parallel=args.parallel,
         )
     except Preempted as stop:
         print(f"train.py: {stop}; continue with --resume {args.out}", file=sys.stderr)
@@ -246,7 +326,9 @@ def main(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"train.py: error: {_with_flag(str(error))}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out}/metrics.json" + (", curves.png, confusion.png" if args.plot else ""))
+    if jax.process_index() == 0:
+        plots = ", curves.png, confusion.png" if args.plot else ""
+        print(f"wrote {args.out}/metrics.json{plots}")
     return 0
 
 

@@ -41,8 +41,8 @@ def test_stops_and_evaluates_the_best_parameters(tmp_path, monkeypatch):
     seen = []  # (split size, fingerprint of the params evaluated)
     real_evaluate = loop.evaluate
 
-    def fake_evaluate(state, split, batch_size, num_classes):
-        result = real_evaluate(state, split, batch_size, num_classes)
+    def fake_evaluate(state, split, batch_size, num_classes, layout):
+        result = real_evaluate(state, split, batch_size, num_classes, layout)
         fingerprint = float(sum(np.sum(leaf) for leaf in jax.tree.leaves(state.params)))
         seen.append((len(split.y), fingerprint))
         if len(split.y) == 180:  # the validation split

@@ -39,6 +39,7 @@ def batches(
     seed: int | None = None,
     epoch: int = 0,
     remainder: Remainder = "drop",
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[Batch]:
     """Yields the batches of one pass over `split`.
 
@@ -50,9 +51,17 @@ def batches(
       remainder: the last partial batch is dropped ('drop'), filled up to `batch_size` with
         copies of the first example whose `mask` is False ('pad', so every batch has one shape and
         a jitted step compiles once), or yielded short ('keep').
+      shard: `(index, count)`: yield only the `index`-th of `count` equal row blocks of every
+        batch (the rows one process of a multi-process run reads); `batch_size` must divide by
+        `count`, and 'keep' is not allowed with `count > 1`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    index, count = shard
+    if not 0 <= index < count or batch_size % count:
+        raise ValueError(f"shard {shard} does not split batches of {batch_size} rows evenly")
+    if count > 1 and remainder == "keep":
+        raise ValueError("remainder='keep' gives a short batch that shards cannot split evenly")
     if remainder not in ("drop", "pad", "keep"):
         raise ValueError(f"remainder must be 'drop', 'pad' or 'keep', got {remainder!r}")
     n = len(split.x)
@@ -63,4 +72,6 @@ def batches(
         if remainder == "pad" and len(idx) < batch_size:
             mask[len(idx) :] = False
             idx = np.concatenate([idx, np.full(batch_size - len(idx), order[0])])
+        rows = slice(index * len(idx) // count, (index + 1) * len(idx) // count)
+        idx, mask = idx[rows], mask[rows]
         yield Batch(split.x[idx], split.y[idx], mask)

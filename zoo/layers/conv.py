@@ -86,13 +86,15 @@ class ResidualBlock(nn.Module):
     """Two 'SAME' convolutions with an identity (or 1x1 projection) shortcut.
 
     `y = act(norm(conv(act(norm(conv(x))))) + shortcut(x))`, the basic block of He et al. (2016).
-    Works for any number of spatial axes; `x` is `(B, *spatial, C)`.
+    Works for any number of spatial axes; `x` is `(B, *spatial, C)`. `batch_norm_axis` names a
+    `jax.pmap` axis to compute batch statistics over (all devices' shards), as for `nn.BatchNorm`.
     """
 
     features: int
     kernel_size: Sequence[int]
     activation: str = "relu"
     batch_norm: bool = False
+    batch_norm_axis: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -104,7 +106,7 @@ class ResidualBlock(nn.Module):
                 self.features, self.kernel_size, padding="SAME", use_bias=not self.batch_norm
             )(y)
             if self.batch_norm:
-                y = nn.BatchNorm(use_running_average=not train)(y)
+                y = nn.BatchNorm(use_running_average=not train, axis_name=self.batch_norm_axis)(y)
             if i == 0:
                 y = act(y)
         if shortcut.shape[-1] != self.features:

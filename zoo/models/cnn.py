@@ -79,6 +79,8 @@ class ConvNet(nn.Module):
       dropout: drop rate after each stage and hidden dense layer; active only with `train=True`.
       residual: residual blocks instead of single convolutions.
       dense: widths of the hidden dense layers.
+      batch_norm_axis: a `jax.pmap` axis name over which batch norm computes its statistics, so
+        they are those of the global batch (zoo's `--parallel pmap` sets it); None: this call's.
     """
 
     input_shape: Sequence[int]
@@ -92,6 +94,7 @@ class ConvNet(nn.Module):
     dropout: float = 0.0
     residual: bool = False
     dense: Sequence[int] = (64,)
+    batch_norm_axis: str | None = None
 
     def __post_init__(self):
         if len(self.input_shape) not in (2, 3):
@@ -118,13 +121,15 @@ class ConvNet(nn.Module):
         h = check_input(x, self.input_shape, "convnet")  # (B, *spatial, C)
         for features in self.features:
             if self.residual:
-                h = ResidualBlock(features, kernel, self.activation, self.batch_norm)(
-                    h, train=train
-                )
+                h = ResidualBlock(
+                    features, kernel, self.activation, self.batch_norm, self.batch_norm_axis
+                )(h, train=train)
             else:
                 h = nn.Conv(features, kernel, padding="SAME", use_bias=not self.batch_norm)(h)
                 if self.batch_norm:
-                    h = nn.BatchNorm(use_running_average=not train)(h)
+                    h = nn.BatchNorm(use_running_average=not train, axis_name=self.batch_norm_axis)(
+                        h
+                    )
                 h = act(h)
             if self.pool is not None:
                 h = POOLS[self.pool](h, self.pool_size)

@@ -217,12 +217,15 @@ class Checkpointer:
         """Moves unreadable checkpoints out of the way of new saves of the same steps."""
         if not paths:
             return
-        aside = os.path.join(os.path.dirname(self.directory), "unreadable_checkpoints")
-        os.makedirs(aside, exist_ok=True)
-        for path in paths:
-            target = os.path.join(aside, f"{os.path.basename(path)}-{int(time.time())}")
-            os.replace(path, target)
-            warn(f"moved unreadable checkpoint {path} to {target}")
+        sync_processes("zoo: every process has read its checkpoint")
+        if jax.process_index() == 0:
+            aside = os.path.join(os.path.dirname(self.directory), "unreadable_checkpoints")
+            os.makedirs(aside, exist_ok=True)
+            for path in paths:
+                target = os.path.join(aside, f"{os.path.basename(path)}-{int(time.time())}")
+                os.replace(path, target)
+                warn(f"moved unreadable checkpoint {path} to {target}")
+        sync_processes("zoo: unreadable checkpoints moved aside")
         self.manager.reload()
 
     def close(self) -> None:
@@ -280,7 +283,9 @@ def open_checkpoints(
         )
     checkpoints.close()
     log(f"replacing the checkpoints of the finished run in {checkpoints.directory}")
-    shutil.rmtree(checkpoints.directory)
+    if jax.process_index() == 0:
+        shutil.rmtree(checkpoints.directory)
+    sync_processes("zoo: finished run's checkpoints removed")
     return create(), False
 
 
@@ -303,7 +308,12 @@ def saved_config(workdir: str) -> dict[str, Any] | None:
 class TerminationGuard:
     """Turns SIGTERM into a flag that the loop reads after each step: the step finishes, the run
     saves a checkpoint and stops. Only the main thread can install signal handlers; elsewhere
-    the guard does nothing."""
+    the guard does nothing.
+
+    In a multi-process run every process must save at the same step, so the guard leaves SIGTERM
+    to JAX's preemption service, which agrees on that step across processes
+    (`multihost_utils.reached_preemption_sync_point`).
+    """
 
     def __init__(self):
         self.terminated = False
@@ -315,8 +325,18 @@ class TerminationGuard:
         del signum, frame
         self.terminated = True
 
+    def should_stop(self, step: int) -> bool:
+        """Whether to save and stop after `step` (a host-side check; no device sync)."""
+        if step == self.stop_at_step:
+            return True
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.terminated
+
     def __enter__(self) -> "TerminationGuard":
-        if threading.current_thread() is threading.main_thread():
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
             self._installed = True
         return self
@@ -324,6 +344,14 @@ class TerminationGuard:
     def __exit__(self, *exc) -> None:
         if self._installed:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+def sync_processes(name: str) -> None:
+    """Waits until every process of a multi-process run gets here; nothing in a single one."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _short(error: Exception) -> str:

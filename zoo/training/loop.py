@@ -17,24 +17,36 @@ import numpy as np
 from zoo import data, models
 from zoo.data.splits import Dataset, Split
 from zoo.training import metrics as metrics_lib
+from zoo.training import parallel as parallel_lib
 from zoo.training import plots
 from zoo.training.checkpoint import Checkpointer, TerminationGuard, open_checkpoints, versions
 from zoo.training.config import ConfigError, TrainConfig
 from zoo.training.early_stopping import EarlyStopping, check_monitor, default_monitor
+from zoo.training.parallel import DataParallel, prefetch
 from zoo.training.progress import EpochProgress, on_terminal
 from zoo.training.state import TrainState, create_train_state
-from zoo.training.steps import eval_step, summarize_metrics, train_step
+from zoo.training.steps import summarize_metrics
 
 
-def evaluate(state: TrainState, split: Split, batch_size: int, num_classes: int) -> dict[str, Any]:
+def evaluate(
+    state: TrainState,
+    split: Split,
+    batch_size: int,
+    num_classes: int,
+    layout: DataParallel | None = None,
+) -> dict[str, Any]:
     """Metrics of `state` on every example of `split`, by task.
 
     'classify': loss, accuracy, macro_f1, confusion_matrix; 'language': loss (nats per token),
     accuracy and bpc (bits per character); 'regress': loss, the mean squared error.
+
+    `layout`: how `state` lies on devices (default: one device).
     """
+    layout = layout or parallel_lib.create("none")
     predictions, sums = [], []
-    for batch in data.batches(split, batch_size, remainder="pad"):
-        batch_predictions, batch_sums = eval_step(state, batch)
+    batches = data.batches(split, batch_size, remainder="pad", shard=layout.shard())
+    for batch in prefetch(batches, layout.put_batch):
+        batch_predictions, batch_sums = layout.eval_step(state, batch)
         predictions.append(batch_predictions)
         sums.append(batch_sums)
     summary = summarize_metrics(sums)
@@ -42,7 +54,7 @@ def evaluate(state: TrainState, split: Split, batch_size: int, num_classes: int)
         return {"loss": summary["loss"], "mse": summary["loss"]}
     if state.task == "language":
         return summary | {"bpc": summary["loss"] / math.log(2)}
-    predictions = np.concatenate(jax.device_get(predictions))[: len(split.y)]
+    predictions = np.concatenate(layout.fetch(predictions))[: len(split.y)]
     confusion = np.asarray(metrics_lib.confusion_matrix(split.y, predictions, num_classes))
     return {
         "loss": summary["loss"],
@@ -121,6 +133,7 @@ def train_and_evaluate(
     plot: bool = False,
     resume: bool = False,
     stop_after_steps: int | None = None,
+    parallel: str | DataParallel = "sharding",
 ) -> dict[str, Any]:
     """Trains `config.model` on `config.dataset`, evaluates on the test split, writes metrics.
 
@@ -139,6 +152,8 @@ def train_and_evaluate(
         one with another config is refused, and a finished run's checkpoints are replaced.
       stop_after_steps: save and stop (raising `Preempted`) after this many steps of this call,
         for runs cut into chunks by a scheduler's time limit.
+      parallel: 'sharding' (jit over a mesh of every device), 'pmap' or 'none' (one device), or
+        a `DataParallel` layout. In a multi-process run only process 0 logs and writes metrics.
 
     Raises:
       Preempted: on SIGTERM or after `stop_after_steps`, once a checkpoint is saved.
@@ -153,18 +168,25 @@ def train_and_evaluate(
     check_dataset(dataset, config)
     monitor = config.monitor or default_monitor(dataset.task)
     check_monitor(monitor, dataset.task)
-    model = build_model(config, dataset)
+    layout = parallel_lib.create(parallel) if isinstance(parallel, str) else parallel
+    layout.check_batch_size(config.batch_size)
+    model = layout.prepare_model(build_model(config, dataset))
     steps_per_epoch = data.num_batches(len(dataset.train.x), config.batch_size)
     state = create_train_state(
         model, config, dataset.train.x[:1], dataset.task, steps_per_epoch=steps_per_epoch
     )
     num_params = sum(leaf.size for leaf in jax.tree.leaves(state.params))
+    state = layout.put(state)
+    primary = jax.process_index() == 0
+    if not primary:
+        log = lambda _: None  # noqa: E731 - one process speaks for all
     show = log if verbose else lambda _: None
-    show_bar = progress if progress is not None else verbose and on_terminal()
+    show_bar = primary and (progress if progress is not None else verbose and on_terminal())
     show(
         f"{config.model}: {num_params:,} params | {config.dataset}: {len(dataset.train.x)} train, "
         f"{len(dataset.validation.x)} validation, {len(dataset.test.x)} test | "
-        f"{steps_per_epoch} steps/epoch"
+        f"{steps_per_epoch} steps/epoch | {layout.name} over {layout.num_devices} device(s)"
+        + (f", {jax.process_count()} processes" if jax.process_count() > 1 else "")
     )
 
     os.makedirs(workdir, exist_ok=True)
@@ -172,7 +194,7 @@ def train_and_evaluate(
     checkpoints, resume = open_checkpoints(
         workdir, config, monitor if has_validation else None, resume, log
     )
-    run = RunState(state, stopper=EarlyStopping(monitor, config.patience, config.min_delta))
+    run = RunState(state, layout, stopper=EarlyStopping(monitor, config.patience, config.min_delta))
     if config.patience is not None:
         run.best = _snapshot(state)
     try:
@@ -180,7 +202,8 @@ def train_and_evaluate(
             run = restore_run(checkpoints, run, config, log)
             show(f"resumed from step {run.step} (epoch {run.step // steps_per_epoch + 1})")
         history_path = os.path.join(workdir, "metrics.jsonl")
-        write_jsonl(history_path, run.history)
+        if primary:
+            write_jsonl(history_path, run.history)
         start = time.perf_counter()
         with TerminationGuard() as guard:
             if stop_after_steps is not None:
@@ -194,13 +217,18 @@ def train_and_evaluate(
                 )
                 if has_validation:
                     val = evaluate(
-                        run.state, dataset.validation, config.batch_size, dataset.num_classes
+                        run.state,
+                        dataset.validation,
+                        config.batch_size,
+                        dataset.num_classes,
+                        layout,
                     )
                     record |= {f"val_{k}": v for k, v in val.items() if k != "confusion_matrix"}
                     if run.stopper.update(epoch, record[monitor]) and run.best is not None:
                         run.best = _snapshot(run.state)
                 run.history.append(record)
-                append_jsonl(history_path, record)
+                if primary:
+                    append_jsonl(history_path, record)
                 shown = " | ".join(
                     f"{k} {v:.4f}"
                     for k, v in record.items()
@@ -227,10 +255,8 @@ def train_and_evaluate(
     if restored:
         state = state.replace(params=run.best[0], batch_stats=run.best[1])
 
-    test = {
-        f"test_{k}": v
-        for k, v in evaluate(state, dataset.test, config.batch_size, dataset.num_classes).items()
-    }
+    test_metrics = evaluate(state, dataset.test, config.batch_size, dataset.num_classes, layout)
+    test = {f"test_{k}": v for k, v in test_metrics.items()}
     if dataset.task == "regress":
         test["naive_mse"] = data.naive_forecast_mse(dataset.test)
     log("test | " + " | ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)))
@@ -242,7 +268,7 @@ def train_and_evaluate(
         "epochs": len(history),
         "steps": run.step,
         "resumed_from_step": run.resumed_at if resume else None,
-        "skipped_steps": int(state.skipped_steps),
+        "skipped_steps": int(layout.fetch(state.skipped_steps)),
         "monitor": monitor,
         "monitor_value": run.stopper.best if restored else history[-1].get(monitor),
         "best_epoch": run.stopper.best_epoch,
@@ -252,9 +278,13 @@ def train_and_evaluate(
         "examples_per_second": (run.step - run.resumed_at) * config.batch_size / train_seconds,
         "history": history,
         "config": config.to_dict(),
-        "devices": [str(d) for d in jax.devices()],
+        "parallel": layout.name,
+        "devices": [str(d) for d in layout.devices],
+        "processes": jax.process_count(),
         "jax_version": jax.__version__,
     }
+    if not primary:
+        return results
     write_json(os.path.join(workdir, "metrics.json"), results)
     if plot:
         plots.plot_curves(
@@ -271,7 +301,8 @@ def train_and_evaluate(
 class RunState:
     """What the loop carries between steps and epochs, and what a checkpoint holds."""
 
-    state: TrainState
+    state: TrainState  # laid out on devices by `layout`
+    layout: DataParallel
     stopper: EarlyStopping
     best: tuple[Any, Any] | None = None  # (params, batch_stats) of the best epoch
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -285,19 +316,25 @@ def _train_epoch(run, dataset, config, epoch, steps_per_epoch, show_bar, checkpo
     on SIGTERM; returns the epoch's record of train metrics."""
     epoch_start = time.perf_counter()
     done = run.step - (epoch - 1) * steps_per_epoch  # > 0 when resuming mid-epoch
+    layout = run.layout
     batches = data.batches(
-        dataset.train, config.batch_size, seed=config.seed, epoch=epoch - 1, remainder="drop"
+        dataset.train,
+        config.batch_size,
+        seed=config.seed,
+        epoch=epoch - 1,
+        remainder="drop",
+        shard=layout.shard(),
     )
     with EpochProgress(
         epoch, config.epochs, steps_per_epoch - done, config.batch_size, enabled=show_bar
     ) as bar:
-        for batch in itertools.islice(batches, done, None):
-            run.state, batch_metrics = train_step(run.state, batch)
+        for batch in prefetch(itertools.islice(batches, done, None), layout.put_batch):
+            run.state, batch_metrics = layout.train_step(run.state, batch)
             run.step += 1
             bar.step(batch_metrics)
-            if guard.terminated or run.step == guard.stop_at_step:
+            if guard.should_stop(run.step):
                 save_checkpoint(checkpoints, run, config)
-                raise Preempted(run.step, checkpoints.directory, guard.terminated)
+                raise Preempted(run.step, checkpoints.directory, run.step != guard.stop_at_step)
             if config.checkpoint_every and run.step % config.checkpoint_every == 0:
                 if run.step % steps_per_epoch:  # epoch ends are saved by the loop, with metrics
                     save_checkpoint(checkpoints, run, config)
@@ -315,6 +352,7 @@ def _snapshot(state: TrainState) -> tuple[Any, Any]:
 
 
 def _checkpoint_tree(run: RunState) -> dict[str, Any]:
+    """One host copy of what a checkpoint holds, whatever the device layout."""
     state = run.state
     tree = {
         "params": state.params,
@@ -327,7 +365,7 @@ def _checkpoint_tree(run: RunState) -> dict[str, Any]:
     }
     if run.best is not None:
         tree["best"] = {"params": run.best[0], "batch_stats": run.best[1]}
-    return tree
+    return run.layout.fetch(tree)
 
 
 def save_checkpoint(
@@ -361,6 +399,7 @@ def restore_run(
     if restored is None:
         raise ConfigError(f"resume: no checkpoint in {checkpoints.directory}")
     tree, meta = restored
+    tree = run.layout.put(tree)
     state = run.state.replace(
         params=tree["params"],
         opt_state=tree["opt_state"],
@@ -378,6 +417,7 @@ def restore_run(
     best = (tree["best"]["params"], tree["best"]["batch_stats"]) if "best" in tree else None
     return RunState(
         state,
+        run.layout,
         stopper,
         best=best,
         history=list(meta["history"]),
@@ -389,7 +429,7 @@ def restore_run(
 
 def check_finite_steps(run: RunState, config: TrainConfig) -> None:
     """Stops the run once `max_bad_steps` consecutive steps were non-finite (a host sync)."""
-    streak = int(run.state.bad_streak)
+    streak = int(run.layout.fetch(run.state.bad_streak))
     if streak >= config.max_bad_steps:
         first = run.step - streak + 1
         raise NonFiniteError(

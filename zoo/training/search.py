@@ -23,6 +23,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from zoo import models
@@ -212,8 +213,10 @@ def run_search(
     method: str = "grid",
     trials: int | None = None,
     log: Callable[[str], None] = print,
+    parallel: str = "sharding",
 ) -> dict[str, Any]:
-    """Runs the trials into `workdir/trial_NNN/` and returns what it writes to `search.json`."""
+    """Runs the trials into `workdir/trial_NNN/` and returns what it writes to `search.json`;
+    each trial is a `train_and_evaluate` run with `parallel`."""
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "grid":
@@ -247,6 +250,7 @@ def run_search(
                 log=lambda _: None,
                 verbose=False,
                 progress=False,
+                parallel=parallel,
             )
         except ConfigError as error:  # a sampled point the config rejects: record, go on
             results.append({"trial": number, "params": point, "error": str(error)})
@@ -274,7 +278,8 @@ def run_search(
             shown = f"{record['monitor']} {record['value']:.4f}"
             log(f"trial {number}: {_format_point(point)} -> {shown}")
         summary = summarize(method, space, results)
-        write_json(os.path.join(workdir, "search.json"), summary)
+        if jax.process_index() == 0:
+            write_json(os.path.join(workdir, "search.json"), summary)
     return summary
 
 

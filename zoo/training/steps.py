@@ -6,7 +6,6 @@ The loss follows the state's static `task`: softmax cross-entropy over classes (
 count for nothing.
 """
 
-import functools
 from typing import Any
 
 import jax
@@ -68,21 +67,33 @@ def loss_fn(
     return loss, (sums, new_batch_stats)
 
 
-@functools.partial(jax.jit, donate_argnums=0)
-def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+def train_step_fn(
+    state: TrainState, batch: Batch, axis_name: str | None = None
+) -> tuple[TrainState, Metrics]:
     """One step of gradient descent: augment the inputs, grad of `loss_fn`, optax update, new
-    batch-norm stats.
+    batch-norm stats. `train_step` is this function jitted with the state donated.
+
+    Under `jax.pmap` with `axis_name`, each device holds a shard of the batch: the loss,
+    gradients and batch-norm statistics are averaged over the axis and the metric sums added up,
+    so every device applies the global batch's update; dropout and augmentation keys also fold
+    in the device index so shards draw different masks.
 
     A step whose loss or gradients are not finite changes nothing but the step and the counters
     `skipped_steps` and `bad_streak` (its metric sums are zero); once `bad_streak` reaches
     `state.max_bad_steps` every later step is skipped too, so the loop can stop the run with
     the weights of the last good step.
     """
-    dropout_key, augment_key = jax.random.split(jax.random.fold_in(state.key, state.step))
+    step_key = jax.random.fold_in(state.key, state.step)
+    if axis_name is not None:
+        step_key = jax.random.fold_in(step_key, jax.lax.axis_index(axis_name))
+    dropout_key, augment_key = jax.random.split(step_key)
     if state.augment:
         batch = batch._replace(x=augment(augment_key, batch.x, state.augment))
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (sums, batch_stats)), grads = grad_fn(state.params, state, batch, dropout_key)
+    if axis_name is not None:  # equal shards: the mean of shard means is the global mean
+        loss, grads, batch_stats = jax.lax.pmean((loss, grads, batch_stats), axis_name)
+        sums = jax.lax.psum(sums, axis_name)
     finite = jnp.isfinite(loss) & jnp.all(
         jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
     )
@@ -102,13 +113,29 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     return state, jax.tree.map(lambda v: jnp.where(good, v, jnp.zeros_like(v)), sums)
 
 
-@jax.jit
-def eval_step(state: TrainState, batch: Batch) -> tuple[jax.Array | None, Metrics]:
+train_step = jax.jit(train_step_fn, donate_argnums=0)
+
+
+def eval_step_fn(
+    state: TrainState, batch: Batch, axis_name: str | None = None
+) -> tuple[jax.Array | None, Metrics]:
     """Evaluation mode (no dropout, running BN stats): class predictions `(B,)` when classifying
-    (else None) and summed metrics."""
+    (else None) and summed metrics. `eval_step` is this function jitted.
+
+    Under `jax.pmap` with `axis_name`, the predictions are gathered and the sums added up over
+    the axis, so every device returns those of the global batch.
+    """
     outputs = state.apply_fn(_variables(state.params, state.batch_stats), batch.x, train=False)
     predictions = jnp.argmax(outputs, axis=-1) if state.task == "classify" else None
-    return predictions, compute_metrics(state.task, outputs, batch)
+    sums = compute_metrics(state.task, outputs, batch)
+    if axis_name is not None:
+        sums = jax.lax.psum(sums, axis_name)
+        if predictions is not None:
+            predictions = jax.lax.all_gather(predictions, axis_name, tiled=True)
+    return predictions, sums
+
+
+eval_step = jax.jit(eval_step_fn)
 
 
 def summarize_metrics(step_metrics: list[Metrics]) -> dict[str, float]:

@@ -1,0 +1,71 @@
+"""Trains a few steps under one data-parallel layout and saves the final params and batch-norm
+statistics; run as a subprocess by test_parallel.py (forced host devices, or one of several
+processes of a `jax.distributed` run).
+
+    python tests/training/parallel_worker.py --model convnet --parallel pmap --out out.npz
+"""
+
+import argparse
+
+import jax
+import numpy as np
+
+from zoo import data
+from zoo.training import TrainConfig, create_train_state
+from zoo.training import parallel as parallel_lib
+from zoo.training.loop import build_model
+
+MODELS = {
+    "convnet": ("digits", {"batch_norm": True, "features": (8, 16), "dense": (32,)}),
+    "lstm": ("digits-seq", {"hidden_sizes": (32, 32)}),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=MODELS, required=True)
+    parser.add_argument("--parallel", choices=parallel_lib.PARALLEL, required=True)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--coordinator")
+    parser.add_argument("--num-processes", type=int)
+    parser.add_argument("--process-id", type=int)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    if args.coordinator:
+        parallel_lib.initialize_distributed(
+            args.coordinator, args.num_processes, args.process_id, timeout=60
+        )
+    dataset_name, options = MODELS[args.model]
+    dataset = data.load(dataset_name, seed=0)
+    # SGD with momentum: Adam divides by the gradient's size, which magnifies float summation
+    # noise in near-zero gradients far beyond the 1e-5 this comparison checks.
+    config = TrainConfig.for_model(
+        args.model,
+        dataset=dataset_name,
+        model_options=options,
+        batch_size=args.batch_size,
+        optimizer="sgd",
+        learning_rate=0.05,
+    )
+    layout = parallel_lib.create(args.parallel)
+    layout.check_batch_size(config.batch_size)
+    model = layout.prepare_model(build_model(config, dataset))
+    state = create_train_state(model, config, dataset.train.x[:1], dataset.task)
+    state = layout.put(state)
+    batches = data.batches(dataset.train, config.batch_size, seed=0, shard=layout.shard())
+    for _, batch in zip(range(args.steps), parallel_lib.prefetch(batches, layout.put_batch)):
+        state, metrics = layout.train_step(state, batch)
+    result = layout.fetch({"params": state.params, "batch_stats": state.batch_stats})
+    leaves = jax.tree_util.tree_flatten_with_path(result)[0]
+    np.savez(
+        args.out,
+        devices=len(layout.devices),
+        processes=jax.process_count(),
+        loss_sum=np.asarray(jax.device_get(metrics["loss_sum"])),
+        **{jax.tree_util.keystr(path): leaf for path, leaf in leaves},
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""Data parallel training over every device of every process.
+
+Three layouts of the same computation, picked by `--parallel`:
+
+- `sharding` (default): `jax.jit` over a one-axis `Mesh` of all devices; batches are split along
+  the `data` axis with a `NamedSharding`, the train state is replicated, and XLA inserts the
+  gradient all-reduce. The same code takes model-sharded layouts by changing the state's sharding.
+- `pmap`: `jax.pmap` over the local devices; the state has a leading device axis, and the step
+  averages gradients, loss and batch-norm statistics with `lax.pmean` over the `data` axis.
+- `none`: one device, plain `jax.jit`.
+
+All three run the same global batch and end with the same parameters up to float summation
+order (batch norm uses global batch statistics: the model's `batch_norm_axis` under pmap, the
+global array under jit). In a multi-process run (`jax.distributed`) process `p` of `P` reads only
+rows `[p*B/P, (p+1)*B/P)` of each global batch of `B` rows, and the devices of all processes
+form the mesh.
+"""
+
+import collections
+import functools
+import itertools
+import os
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from zoo.data.batching import Batch
+from zoo.training.config import ConfigError
+from zoo.training.steps import eval_step, eval_step_fn, train_step, train_step_fn
+
+PARALLEL = ("sharding", "pmap", "none")
+DATA_AXIS = "data"
+PREFETCH = 2  # batches put on devices ahead of the step that uses them
+
+
+class DataParallel:
+    """How the train state and batches are laid out on devices, and the steps that run there.
+
+    `put` lays out a host tree (params, the train state) the way the steps expect it, `fetch`
+    brings one copy back as NumPy, `put_batch` turns this process's rows of a global batch into
+    the step's input.
+    """
+
+    name = "none"
+
+    def __init__(self, devices: list[jax.Device]):
+        self.devices = devices
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+    def shard(self) -> tuple[int, int]:
+        """`(process index, process count)`: which rows of each global batch this process reads."""
+        return jax.process_index(), jax.process_count()
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """A clear error when `batch_size` does not split evenly over the devices."""
+        n = self.num_devices
+        if batch_size % n:
+            lower, upper = batch_size // n * n, (batch_size // n + 1) * n
+            such_as = f"{lower} or {upper}" if lower else str(upper)
+            raise ConfigError(
+                f"batch_size {batch_size} does not split evenly over {n} devices (--parallel "
+                f"{self.name}): use a multiple of {n}, such as {such_as}, or fewer devices"
+            )
+
+    def prepare_model(self, model: Any) -> Any:
+        return model
+
+    def put(self, tree: Any) -> Any:
+        return jax.device_put(tree, self.devices[0])
+
+    def fetch(self, tree: Any) -> Any:
+        return jax.device_get(tree)
+
+    def put_batch(self, batch: Batch) -> Batch:
+        return jax.device_put(batch, self.devices[0])
+
+    def train_step(self, state: Any, batch: Batch) -> tuple[Any, dict[str, jax.Array]]:
+        return train_step(state, batch)
+
+    def eval_step(self, state: Any, batch: Batch) -> tuple[jax.Array | None, dict[str, jax.Array]]:
+        return eval_step(state, batch)
+
+
+class Sharded(DataParallel):
+    """`jax.jit` on a `Mesh` of all devices: batches split along `data`, the state replicated."""
+
+    name = "sharding"
+
+    def __init__(self, devices: list[jax.Device]):
+        super().__init__(devices)
+        mesh = Mesh(np.asarray(devices), (DATA_AXIS,))
+        self.replicated = NamedSharding(mesh, P())
+        self.data = NamedSharding(mesh, P(DATA_AXIS))
+        self._train_step = jax.jit(
+            train_step_fn,
+            in_shardings=(self.replicated, self.data),
+            out_shardings=(self.replicated, self.replicated),
+            donate_argnums=0,
+        )
+        self._eval_step = jax.jit(
+            eval_step_fn,
+            in_shardings=(self.replicated, self.data),
+            out_shardings=(self.replicated, self.replicated),
+        )
+
+    def put(self, tree: Any) -> Any:
+        def replicate(leaf):
+            if jax.dtypes.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
+                data = replicate(jax.random.key_data(leaf))
+                return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+            # Built from host values: device_put cannot target other processes' devices.
+            value = np.asarray(jax.device_get(leaf))
+            return jax.make_array_from_callback(value.shape, self.replicated, value.__getitem__)
+
+        return jax.tree.map(replicate, tree)
+
+    def fetch(self, tree: Any) -> Any:
+        # A replicated array's first local shard is the whole value, also in multi-process runs
+        # where other processes' shards are not addressable.
+        return jax.tree.map(lambda leaf: jax.device_get(_first_shard(leaf)), tree)
+
+    def put_batch(self, batch: Batch) -> Batch:
+        return jax.tree.map(
+            lambda rows: jax.make_array_from_process_local_data(self.data, rows), batch
+        )
+
+    def train_step(self, state, batch):
+        return self._train_step(state, batch)
+
+    def eval_step(self, state, batch):
+        return self._eval_step(state, batch)
+
+
+class Pmapped(DataParallel):
+    """`jax.pmap` over the local devices: one copy of the state per device (a leading device
+    axis), one slice of the batch per device, `pmean`/`psum` over `data` inside the step."""
+
+    name = "pmap"
+
+    def __init__(self, devices: list[jax.Device]):
+        super().__init__(devices)
+        self.local_devices = [d for d in devices if d.process_index == jax.process_index()]
+        mesh = Mesh(np.asarray(self.local_devices), (DATA_AXIS,))
+        self.stacked = NamedSharding(mesh, P(DATA_AXIS))
+        # pmap takes a subset of devices in one process; across processes, all of them.
+        pmap_devices = self.local_devices if jax.process_count() == 1 else None
+        self._train_step = jax.pmap(
+            functools.partial(train_step_fn, axis_name=DATA_AXIS),
+            axis_name=DATA_AXIS,
+            devices=pmap_devices,
+            donate_argnums=0,
+            out_axes=(0, None),  # the metric sums are psum-ed: one copy
+        )
+        self._eval_step = jax.pmap(
+            functools.partial(eval_step_fn, axis_name=DATA_AXIS),
+            axis_name=DATA_AXIS,
+            devices=pmap_devices,
+            out_axes=None,
+        )
+
+    def prepare_model(self, model: Any) -> Any:
+        if hasattr(model, "batch_norm_axis"):  # statistics of the global batch, not the shard
+            return model.clone(batch_norm_axis=DATA_AXIS)
+        return model
+
+    def put(self, tree: Any) -> Any:
+        n = len(self.local_devices)
+
+        def stack(leaf):
+            return jax.device_put(jnp.broadcast_to(leaf, (n, *jnp.shape(leaf))), self.stacked)
+
+        return jax.tree.map(stack, tree)
+
+    def fetch(self, tree: Any) -> Any:
+        return jax.tree.map(lambda leaf: jax.device_get(_first_shard(leaf)[0]), tree)
+
+    def put_batch(self, batch: Batch) -> Batch:
+        n = len(self.local_devices)
+        return jax.tree.map(
+            lambda rows: jax.device_put(rows.reshape(n, -1, *rows.shape[1:]), self.stacked),
+            batch,
+        )
+
+    def train_step(self, state, batch):
+        return self._train_step(state, batch)
+
+    def eval_step(self, state, batch):
+        return self._eval_step(state, batch)
+
+
+def _first_shard(leaf: Any) -> Any:
+    return leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
+
+
+def create(name: str, devices: list[jax.Device] | None = None) -> DataParallel:
+    """The layout `name` ('sharding', 'pmap' or 'none') over `devices` (default: every device of
+    every process; 'none' takes the first local one)."""
+    if name not in PARALLEL:
+        raise ConfigError(f"parallel must be one of {', '.join(PARALLEL)}, got {name!r}")
+    if name == "none":
+        if jax.process_count() > 1:
+            raise ConfigError(
+                f"--parallel none trains on one device, but this is process "
+                f"{jax.process_index()} of {jax.process_count()}: use sharding or pmap"
+            )
+        return DataParallel([jax.local_devices()[0]] if devices is None else devices[:1])
+    devices = jax.devices() if devices is None else list(devices)
+    return Sharded(devices) if name == "sharding" else Pmapped(devices)
+
+
+def prefetch(
+    batches: Iterable[Batch], put: Callable[[Batch], Batch], size: int = PREFETCH
+) -> Iterator[Batch]:
+    """`put(batch)` for every batch, `size` batches ahead of the consumer: the transfers of the
+    next batches are queued while the current step runs (JAX dispatches both asynchronously)."""
+    batches = iter(batches)
+    queue = collections.deque(put(batch) for batch in itertools.islice(batches, size))
+    while queue:
+        yield queue.popleft()
+        for batch in itertools.islice(batches, 1):
+            queue.append(put(batch))
+
+
+def initialize_distributed(
+    coordinator: str, num_processes: int, process_id: int, timeout: float = 120.0
+) -> None:
+    """Joins a multi-process run with `jax.distributed.initialize`, or exits with a clear message.
+
+    Every process calls this first, with the same `coordinator` ('HOST:PORT', where process 0
+    serves) and `num_processes` and its own `process_id`. JAX waits for all of them, and when
+    some never come it aborts deep in C++; a watchdog thread instead prints which of the
+    coordinator or the other processes is missing, and exits with status 1, after `timeout`
+    seconds.
+    """
+    host, port = _parse_address(coordinator)
+    if num_processes < 1:
+        raise ConfigError(f"num_processes must be >= 1, got {num_processes}")
+    if not 0 <= process_id < num_processes:
+        raise ConfigError(
+            f"process_id {process_id} is out of range for num_processes {num_processes}: "
+            f"use 0..{num_processes - 1}, one distinct id per process"
+        )
+    if timeout <= 0:
+        raise ConfigError(f"the initialization timeout must be positive, got {timeout}")
+
+    def give_up() -> None:
+        if process_id == 0 or _reachable(host, port):
+            missing = (
+                f"the coordinator at {coordinator} is up, but not all {num_processes} processes "
+                f"joined it"
+            )
+        else:
+            missing = f"could not reach the coordinator at {coordinator} (process 0 serves it)"
+        sys.stderr.write(
+            f"zoo: process {process_id}: {missing} within {timeout:g} s; start every process "
+            f"with the same --coordinator and --num-processes and its own --process-id\n"
+        )
+        sys.stderr.flush()
+        os._exit(1)  # the main thread is blocked inside jax.distributed.initialize
+
+    watchdog = threading.Timer(timeout, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        jax.distributed.initialize(
+            coordinator,
+            num_processes=num_processes,
+            process_id=process_id,
+            initialization_timeout=int(timeout) + 30,  # the watchdog speaks first
+        )
+    finally:
+        watchdog.cancel()
+
+
+def _parse_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"coordinator must be HOST:PORT, such as localhost:1234; got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
