@@ -112,9 +112,7 @@ _FLAGS = {
     "coordinator": "--coordinator",
     "num_processes": "--num-processes",
     "process_id": "--process-id",
-} | {
-    field: flag for field, flag, _ in _CONFIG_FLAGS
-}
+} | {field: flag for field, flag, _ in _CONFIG_FLAGS}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -53,3 +53,25 @@ def test_bad_arguments():
         next(batches(make_split(3), 0))
     with pytest.raises(ValueError, match="remainder must be"):
         next(batches(make_split(3), 2, remainder="wrap"))
+
+
+@pytest.mark.parametrize("remainder", ["drop", "pad"])
+def test_shards_are_the_row_blocks_of_every_global_batch(remainder):
+    split = make_split(23)
+    whole = list(batches(split, 6, seed=4, remainder=remainder))
+    shards = [list(batches(split, 6, seed=4, remainder=remainder, shard=(i, 3))) for i in range(3)]
+    assert all(len(s) == len(whole) for s in shards)
+    for step, batch in enumerate(whole):
+        for field in ("x", "y", "mask"):
+            blocks = [getattr(s[step], field) for s in shards]
+            assert all(len(block) == 2 for block in blocks)
+            np.testing.assert_array_equal(np.concatenate(blocks), getattr(batch, field))
+
+
+def test_shards_must_split_batches_evenly():
+    with pytest.raises(ValueError, match=r"shard \(0, 4\) does not split batches of 6 rows"):
+        next(batches(make_split(10), 6, shard=(0, 4)))
+    with pytest.raises(ValueError, match=r"shard \(2, 2\)"):
+        next(batches(make_split(10), 6, shard=(2, 2)))
+    with pytest.raises(ValueError, match="remainder='keep'"):
+        next(batches(make_split(10), 6, remainder="keep", shard=(0, 2)))

@@ -1,11 +1,13 @@
 """Trains a few steps under one data-parallel layout and saves the final params and batch-norm
-statistics; run as a subprocess by test_parallel.py (forced host devices, or one of several
-processes of a `jax.distributed` run).
+statistics as `OUT/<layout>.npz`; run as a subprocess by test_parallel.py (forced host devices,
+or one of several processes of a `jax.distributed` run).
 
-    python tests/training/parallel_worker.py --model convnet --parallel pmap --out out.npz
+    python tests/training/parallel_worker.py --model convnet --parallel none,pmap --out DIR
 """
 
 import argparse
+import itertools
+import os
 
 import jax
 import numpy as np
@@ -24,7 +26,7 @@ MODELS = {
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", choices=MODELS, required=True)
-    parser.add_argument("--parallel", choices=parallel_lib.PARALLEL, required=True)
+    parser.add_argument("--parallel", required=True, help="comma list of layouts")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--coordinator")
@@ -46,25 +48,31 @@ def main() -> None:
         model_options=options,
         batch_size=args.batch_size,
         optimizer="sgd",
-        learning_rate=0.05,
+        learning_rate=0.01,
     )
-    layout = parallel_lib.create(args.parallel)
+    for name in args.parallel.split(","):
+        result = train(parallel_lib.create(name), config, dataset, args.steps)
+        if jax.process_index() == 0 or args.coordinator:
+            suffix = f"-{jax.process_index()}" if args.coordinator else ""
+            np.savez(os.path.join(args.out, f"{name}{suffix}.npz"), **result)
+
+
+def train(layout, config, dataset, steps):
     layout.check_batch_size(config.batch_size)
     model = layout.prepare_model(build_model(config, dataset))
     state = create_train_state(model, config, dataset.train.x[:1], dataset.task)
     state = layout.put(state)
     batches = data.batches(dataset.train, config.batch_size, seed=0, shard=layout.shard())
-    for _, batch in zip(range(args.steps), parallel_lib.prefetch(batches, layout.put_batch)):
+    for batch in parallel_lib.prefetch(itertools.islice(batches, steps), layout.put_batch):
         state, metrics = layout.train_step(state, batch)
     result = layout.fetch({"params": state.params, "batch_stats": state.batch_stats})
     leaves = jax.tree_util.tree_flatten_with_path(result)[0]
-    np.savez(
-        args.out,
-        devices=len(layout.devices),
-        processes=jax.process_count(),
-        loss_sum=np.asarray(jax.device_get(metrics["loss_sum"])),
+    return {
+        "devices": len(layout.devices),
+        "processes": jax.process_count(),
+        "loss_sum": parallel_lib.fetch_replicated(metrics["loss_sum"]),
         **{jax.tree_util.keystr(path): leaf for path, leaf in leaves},
-    )
+    }
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from zoo.training import plots
 from zoo.training.checkpoint import Checkpointer, TerminationGuard, open_checkpoints, versions
 from zoo.training.config import ConfigError, TrainConfig
 from zoo.training.early_stopping import EarlyStopping, check_monitor, default_monitor
-from zoo.training.parallel import DataParallel, prefetch
+from zoo.training.parallel import DataParallel, fetch_replicated, prefetch
 from zoo.training.progress import EpochProgress, on_terminal
 from zoo.training.state import TrainState, create_train_state
 from zoo.training.steps import summarize_metrics
@@ -54,7 +54,7 @@ def evaluate(
         return {"loss": summary["loss"], "mse": summary["loss"]}
     if state.task == "language":
         return summary | {"bpc": summary["loss"] / math.log(2)}
-    predictions = np.concatenate(layout.fetch(predictions))[: len(split.y)]
+    predictions = np.concatenate(fetch_replicated(predictions))[: len(split.y)]
     confusion = np.asarray(metrics_lib.confusion_matrix(split.y, predictions, num_classes))
     return {
         "loss": summary["loss"],

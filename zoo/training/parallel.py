@@ -80,7 +80,7 @@ class DataParallel:
         return jax.device_put(tree, self.devices[0])
 
     def fetch(self, tree: Any) -> Any:
-        return jax.device_get(tree)
+        return fetch_replicated(tree)
 
     def put_batch(self, batch: Batch) -> Batch:
         return jax.device_put(batch, self.devices[0])
@@ -115,7 +115,7 @@ class Sharded(DataParallel):
         )
 
     def put(self, tree: Any) -> Any:
-        def replicate(leaf):
+        def replicate(leaf: Any) -> jax.Array:
             if jax.dtypes.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
                 data = replicate(jax.random.key_data(leaf))
                 return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
@@ -124,11 +124,6 @@ class Sharded(DataParallel):
             return jax.make_array_from_callback(value.shape, self.replicated, value.__getitem__)
 
         return jax.tree.map(replicate, tree)
-
-    def fetch(self, tree: Any) -> Any:
-        # A replicated array's first local shard is the whole value, also in multi-process runs
-        # where other processes' shards are not addressable.
-        return jax.tree.map(lambda leaf: jax.device_get(_first_shard(leaf)), tree)
 
     def put_batch(self, batch: Batch) -> Batch:
         return jax.tree.map(
@@ -203,6 +198,13 @@ def _first_shard(leaf: Any) -> Any:
     return leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
 
 
+def fetch_replicated(tree: Any) -> Any:
+    """NumPy values of replicated arrays, such as the metrics and predictions every step returns:
+    the first local shard is the whole value, also in multi-process runs where other processes'
+    shards are not addressable."""
+    return jax.tree.map(lambda leaf: jax.device_get(_first_shard(leaf)), tree)
+
+
 def create(name: str, devices: list[jax.Device] | None = None) -> DataParallel:
     """The layout `name` ('sharding', 'pmap' or 'none') over `devices` (default: every device of
     every process; 'none' takes the first local one)."""
@@ -222,8 +224,9 @@ def create(name: str, devices: list[jax.Device] | None = None) -> DataParallel:
 def prefetch(
     batches: Iterable[Batch], put: Callable[[Batch], Batch], size: int = PREFETCH
 ) -> Iterator[Batch]:
-    """`put(batch)` for every batch, `size` batches ahead of the consumer: the transfers of the
-    next batches are queued while the current step runs (JAX dispatches both asynchronously)."""
+    """`put(batch)` for every batch, with up to `size` placed batches queued: while the consumer
+    runs the step of one, the next is already on its devices, and the one after is placed as soon
+    as the consumer has dispatched its step (JAX dispatches both asynchronously)."""
     batches = iter(batches)
     queue = collections.deque(put(batch) for batch in itertools.islice(batches, size))
     while queue:

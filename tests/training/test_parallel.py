@@ -1,0 +1,273 @@
+"""Data parallel training: `sharding` and `pmap` over 8 forced host devices, and 2 processes of a
+`jax.distributed` run on localhost, each compared with one device on the same global batches.
+
+The device count of a process is fixed when JAX starts, so the multi-device runs are
+subprocesses (`parallel_worker.py`, `train.py`) with `XLA_FLAGS` set.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from zoo.training import ConfigError
+from zoo.training import parallel as parallel_lib
+
+ROOT = Path(__file__).parents[2]
+WORKER = Path(__file__).with_name("parallel_worker.py")
+RECORDS = ("devices", "processes", "loss_sum")
+
+
+def environment(devices: int) -> dict[str, str]:
+    return os.environ | {
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def start(args: list[str], devices: int = 1) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=environment(devices),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"{process.args} hung for {timeout} s:\n{err[-3000:]}")
+    return process.returncode, out, err
+
+
+def run(args: list[str], devices: int = 1, timeout: float = 240) -> tuple[int, str, str]:
+    return finish(start(args, devices), timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def load(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as f:
+        return dict(f)
+
+
+def assert_same_training(result: dict, reference: dict) -> None:
+    """Equal params and batch-norm statistics (1e-5) and the same summed loss of the last step."""
+    names = [name for name in reference if name not in RECORDS]
+    assert names and sorted(names) == sorted(n for n in result if n not in RECORDS)
+    for name in names:
+        np.testing.assert_allclose(
+            result[name], reference[name], rtol=1e-5, atol=1e-5, err_msg=name
+        )
+    np.testing.assert_allclose(result["loss_sum"], reference["loss_sum"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["convnet", "lstm"])
+def test_sharding_and_pmap_over_8_devices_match_one_device(tmp_path, model):
+    # convnet has batch norm: pmap must compute its statistics over all 8 shards.
+    code, _, err = run(
+        [str(WORKER), "--model", model, "--parallel", "none,sharding,pmap", "--out", str(tmp_path)],
+        devices=8,
+    )
+    assert code == 0, err[-3000:]
+    reference = load(tmp_path / "none.npz")
+    assert reference["devices"] == 1
+    for name in ("sharding", "pmap"):
+        result = load(tmp_path / f"{name}.npz")
+        assert result["devices"] == 8, name
+        assert_same_training(result, reference)
+
+
+@pytest.fixture(scope="module")
+def one_process_convnet(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("one_process")
+    code, _, err = run([str(WORKER), "--model", "convnet", "--parallel", "none", "--out", str(out)])
+    assert code == 0, err[-3000:]
+    return load(out / "none.npz")
+
+
+@pytest.mark.parametrize("layout", ["sharding", "pmap"])
+def test_two_processes_train_together_like_one(tmp_path, one_process_convnet, layout):
+    """2 processes x 2 devices on localhost (gloo collectives), each reading half of every batch."""
+    address = f"localhost:{free_port()}"
+    processes = [
+        start(
+            [str(WORKER), "--model", "convnet", "--parallel", layout, "--out", str(tmp_path)]
+            + ["--coordinator", address, "--num-processes", "2", "--process-id", str(rank)],
+            devices=2,
+        )
+        for rank in range(2)
+    ]
+    for process in processes:
+        code, _, err = finish(process)
+        assert code == 0, err[-3000:]
+    first, second = (load(tmp_path / f"{layout}-{rank}.npz") for rank in range(2))
+    assert first["processes"] == 2 and first["devices"] == 4
+    for name in first:  # the same params in both processes, bit for bit
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+    assert_same_training(first, one_process_convnet)
+
+
+def assert_close_runs(result: dict, reference: dict) -> None:
+    """Whole runs agree to 1%: over tens of steps float rounding grows (reversing the rows of
+    every batch on one device moves a batch-norm convnet's weights by 5e-3 in 33 steps), while a
+    wrong gradient average or per-shard batch statistics move the losses by far more."""
+    assert result["steps"] == reference["steps"]
+    got = [epoch["val_loss"] for epoch in result["history"]]
+    np.testing.assert_allclose(got, [e["val_loss"] for e in reference["history"]], rtol=1e-2)
+    # The last epoch's: a resumed epoch's train metrics cover only the steps after the resume.
+    got, want = result["history"][-1]["train_loss"], reference["history"][-1]["train_loss"]
+    np.testing.assert_allclose(got, want, rtol=1e-2)
+    np.testing.assert_allclose(result["test_loss"], reference["test_loss"], rtol=1e-2)
+    assert abs(result["test_accuracy"] - reference["test_accuracy"]) <= 0.01
+
+
+def cli(*flags: str) -> list[str]:
+    return [str(ROOT / "train.py"), "--quiet", *flags]
+
+
+@pytest.mark.slow
+def test_train_py_in_two_processes_saves_resumes_and_matches_one_process(tmp_path):
+    """The CLI end to end: 2 processes stop at step 20 (a checkpoint written the multi-process
+    way), the same command resumes, and the result is that of an uninterrupted one-process run;
+    only process 0 writes metrics and prints."""
+    flags = ["--epochs", "2", "--augment", "none", "--batch-size", "32"]
+    reference = start(cli(*flags, "--out", str(tmp_path / "one")))
+    shared = tmp_path / "two"
+
+    def run_pair(*extra: str) -> list[tuple[int, str, str]]:
+        address = f"localhost:{free_port()}"
+        pair = [
+            start(
+                cli(*flags, "--out", str(shared), *extra)
+                + ["--coordinator", address, "--num-processes", "2", "--process-id", str(rank)]
+            )
+            for rank in range(2)
+        ]
+        return [finish(process) for process in pair]
+
+    stopped = run_pair("--stop-after-steps", "20")
+    assert [code for code, _, _ in stopped] == [143, 143], stopped[0][2][-2000:]
+    assert (shared / "checkpoints" / "20").is_dir()
+    assert not (shared / "metrics.json").exists()
+    finished = run_pair()
+    assert [code for code, _, _ in finished] == [0, 0], finished[0][2][-2000:]
+    assert "test |" in finished[0][1]
+    assert "test |" not in finished[1][1] and "wrote" not in finished[1][1]  # (gloo prints)
+    code, _, err = finish(reference)
+    assert code == 0, err[-2000:]
+    two = json.loads((shared / "metrics.json").read_text())
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert two["processes"] == 2 and two["resumed_from_step"] == 20 and one["processes"] == 1
+    assert two["steps"] == one["steps"]
+    assert_close_runs(two, one)
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_refused(tmp_path):
+    code, _, err = run(cli("--batch-size", "30", "--out", str(tmp_path)), devices=8)
+    assert code == 2
+    assert "--batch-size 30 does not split evenly over 8 devices" in err
+    assert "such as 24 or 32" in err
+    code, _, err = run(
+        cli("--batch-size", "30", "--parallel", "pmap", "--out", str(tmp_path)), devices=8
+    )
+    assert code == 2 and "(--parallel pmap)" in err
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_missing_coordinator_or_process_fails_clearly_within_the_timeout(tmp_path):
+    address = f"localhost:{free_port()}"
+    flags = ["--coordinator", address, "--num-processes", "2", "--init-timeout", "3"]
+    begin = time.monotonic()
+    alone = start(cli(*flags, "--process-id", "0", "--out", str(tmp_path / "0")))
+    nobody = f"localhost:{free_port()}"
+    orphan = start(cli("--coordinator", nobody, *flags[2:], "--process-id", "1"))
+    (code_alone, _, err_alone), (code_orphan, _, err_orphan) = finish(alone), finish(orphan)
+    assert time.monotonic() - begin < 60
+    assert code_alone == 1 and "not all 2 processes joined it within 3 s" in err_alone
+    assert code_orphan == 1 and "could not reach the coordinator at localhost:" in err_orphan
+    assert "Check failure" not in err_alone + err_orphan  # our message, not JAX's abort
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((3, 2, "localhost:1234"), "process_id 3 is out of range for num_processes 2: use 0..1"),
+        ((-1, 2, "localhost:1234"), "process_id -1 is out of range"),
+        ((0, 0, "localhost:1234"), "num_processes must be >= 1"),
+        ((0, 2, "localhost"), "coordinator must be HOST:PORT"),
+        ((0, 2, "localhost:99999"), "coordinator must be HOST:PORT"),
+    ],
+)
+def test_bad_distributed_arguments_are_refused_before_joining(args, message):
+    process_id, num_processes, address = args
+    with pytest.raises(ConfigError, match=message):
+        parallel_lib.initialize_distributed(address, num_processes, process_id, timeout=1)
+
+
+def test_cli_names_the_distributed_flags(tmp_path):
+    code, _, err = run(cli("--process-id", "2", "--num-processes", "2", "--coordinator", "h:1"))
+    assert code == 2 and "--process-id 2 is out of range for num_processes 2" in err
+    code, _, err = run(cli("--process-id", "1"))
+    assert code == 2 and "needs --coordinator, --num-processes as well" in err
+
+
+def test_unknown_layout_and_prefetch_order():
+    with pytest.raises(ConfigError, match="parallel must be one of sharding, pmap, none"):
+        parallel_lib.create("dp")
+    put = []
+
+    def record(batch):
+        put.append(batch)
+        return batch * 10
+
+    consumed = []
+    for value in parallel_lib.prefetch(range(5), record, size=2):
+        consumed.append(value)
+        assert len(put) == min(len(consumed) + 1, 5)  # the next is placed while this one runs
+    assert consumed == [0, 10, 20, 30, 40] and put == [0, 1, 2, 3, 4]
+
+
+def test_one_device_layouts_round_trip_a_state(key):
+    tree = {"w": jax.random.normal(key, (3, 2)), "step": np.int32(7), "key": key}
+    for name in ("none", "sharding", "pmap"):
+        layout = parallel_lib.create(name, jax.devices()[:1])
+        back = layout.fetch(layout.put({k: v for k, v in tree.items() if k != "key"}))
+        np.testing.assert_array_equal(back["w"], tree["w"])
+        assert int(back["step"]) == 7
+        placed_key = layout.put(key)
+        assert jax.dtypes.issubdtype(placed_key.dtype, jax.dtypes.prng_key)
+
+
+def test_train_py_gives_the_same_run_with_every_layout(tmp_path):
+    """The whole loop (train steps, batch-norm statistics, evaluation, checkpoints) under pmap and
+    sharding over 4 devices, against one device."""
+    flags = ["--model", "convnet", "--model-option", "batch_norm=True", "--epochs", "1"]
+    flags += ["--batch-size", "32"]
+    results = {}
+    for name in ("none", "pmap", "sharding"):  # one at a time: 2 cores cannot host 12 devices
+        code, _, err = run(cli(*flags, "--parallel", name, "--out", str(tmp_path / name)), 4)
+        assert code == 0, err[-2000:]
+        results[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert len(results["none"]["devices"]) == 1
+    for name in ("pmap", "sharding"):
+        assert len(results[name]["devices"]) == 4 and results[name]["parallel"] == name
+        assert_close_runs(results[name], results["none"])
