@@ -25,3 +25,23 @@ def test_compare_quick_writes_results(tmp_path):
         assert {"zoo", "flax"} <= set(timings)
         assert all(t["median_ms"] > 0 for t in timings.values())
     assert "| cnn train step | zoo |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_scaling_quick_writes_results(tmp_path):
+    out = tmp_path / "scaling.json"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "scaling.py"), "--quick",
+         "--devices", "1,2", "--models", "lstm", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = json.loads(out.read_text())
+    timings = results["benchmarks"]["lstm"]
+    assert set(timings) == {"1", "2"}
+    assert timings["1"]["efficiency"] == 1.0
+    for n, t in timings.items():
+        assert t["median_ms"] > 0
+        expected = int(n) * results["per_device_batch"] / (t["median_ms"] / 1e3)
+        assert abs(t["examples_per_second"] - expected) < 1e-6 * expected
+    assert "| lstm | 2 | 64 |" in result.stdout
