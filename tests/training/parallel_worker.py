@@ -15,7 +15,7 @@ import numpy as np
 from zoo import data
 from zoo.training import TrainConfig, create_train_state
 from zoo.training import parallel as parallel_lib
-from zoo.training.loop import build_model
+from zoo.training.state import build_model
 
 MODELS = {
     "convnet": ("digits", {"batch_norm": True, "features": (8, 16), "dense": (32,)}),

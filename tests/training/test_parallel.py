@@ -287,15 +287,17 @@ def test_one_device_layouts_round_trip_a_state(key):
 
 def test_train_py_gives_the_same_run_with_every_layout(tmp_path):
     """The whole loop (train steps, batch-norm statistics, evaluation, checkpoints) under pmap and
-    sharding over 4 devices, against one device."""
+    sharding over 2 devices, against one device. (Not more devices than the CI machine's 2 cores:
+    once, 4 forced devices here hit XLA:CPU's 40 s collective rendezvous timeout with only 2 of
+    4 device threads arrived.)"""
     flags = ["--model", "convnet", "--model-option", "batch_norm=True", "--epochs", "1"]
     flags += ["--batch-size", "32"]
     results = {}
-    for name in ("none", "pmap", "sharding"):  # one at a time: 2 cores cannot host 12 devices
-        code, _, err = run(cli(*flags, "--parallel", name, "--out", str(tmp_path / name)), 4)
+    for name in ("none", "pmap", "sharding"):
+        code, _, err = run(cli(*flags, "--parallel", name, "--out", str(tmp_path / name)), 2)
         assert code == 0, err[-2000:]
         results[name] = json.loads((tmp_path / name / "metrics.json").read_text())
     assert len(results["none"]["devices"]) == 1
     for name in ("pmap", "sharding"):
-        assert len(results[name]["devices"]) == 4 and results[name]["parallel"] == name
+        assert len(results[name]["devices"]) == 2 and results[name]["parallel"] == name
         assert_close_runs(results[name], results["none"])

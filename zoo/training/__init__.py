@@ -2,7 +2,8 @@
 
 from zoo.training.checkpoint import CheckpointError
 from zoo.training.config import ConfigError, TrainConfig
-from zoo.training.loop import NonFiniteError, Preempted, evaluate, train_and_evaluate
+from zoo.training.loop import NonFiniteError, Preempted, train_and_evaluate
+from zoo.training.metrics import evaluate
 from zoo.training.state import TrainState, create_optimizer, create_train_state
 from zoo.training.steps import eval_step, loss_fn, train_step
 

@@ -3,7 +3,6 @@
 import dataclasses
 import itertools
 import json
-import math
 import os
 import tempfile
 import time
@@ -16,52 +15,16 @@ import numpy as np
 
 from zoo import data, models
 from zoo.data.splits import Dataset, Split
-from zoo.training import metrics as metrics_lib
 from zoo.training import parallel as parallel_lib
 from zoo.training import plots
 from zoo.training.checkpoint import Checkpointer, TerminationGuard, open_checkpoints, versions
 from zoo.training.config import ConfigError, TrainConfig
 from zoo.training.early_stopping import EarlyStopping, check_monitor, default_monitor
-from zoo.training.parallel import DataParallel, fetch_replicated, prefetch
+from zoo.training.metrics import evaluate
+from zoo.training.parallel import DataParallel, prefetch
 from zoo.training.progress import EpochProgress, on_terminal
-from zoo.training.state import TrainState, create_train_state
+from zoo.training.state import TrainState, build_model, create_train_state
 from zoo.training.steps import summarize_metrics
-
-
-def evaluate(
-    state: TrainState,
-    split: Split,
-    batch_size: int,
-    num_classes: int,
-    layout: DataParallel | None = None,
-) -> dict[str, Any]:
-    """Metrics of `state` on every example of `split`, by task.
-
-    'classify': loss, accuracy, macro_f1, confusion_matrix; 'language': loss (nats per token),
-    accuracy and bpc (bits per character); 'regress': loss, the mean squared error.
-
-    `layout`: how `state` lies on devices (default: one device).
-    """
-    layout = layout or parallel_lib.create("none")
-    predictions, sums = [], []
-    batches = data.batches(split, batch_size, remainder="pad", shard=layout.shard())
-    for batch in prefetch(batches, layout.put_batch):
-        batch_predictions, batch_sums = layout.eval_step(state, batch)
-        predictions.append(batch_predictions)
-        sums.append(batch_sums)
-    summary = summarize_metrics(sums)
-    if state.task == "regress":
-        return {"loss": summary["loss"], "mse": summary["loss"]}
-    if state.task == "language":
-        return summary | {"bpc": summary["loss"] / math.log(2)}
-    predictions = np.concatenate(fetch_replicated(predictions))[: len(split.y)]
-    confusion = np.asarray(metrics_lib.confusion_matrix(split.y, predictions, num_classes))
-    return {
-        "loss": summary["loss"],
-        "accuracy": float(metrics_lib.accuracy_from_confusion(confusion)),
-        "macro_f1": float(metrics_lib.macro_f1_from_confusion(confusion)),
-        "confusion_matrix": confusion.tolist(),
-    }
 
 
 def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
@@ -94,19 +57,6 @@ def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
         )
     if config.patience is not None and not len(dataset.validation.x):
         raise ConfigError(f"patience needs a validation split; {config.dataset!r} has none")
-
-
-def build_model(config: TrainConfig, dataset: Dataset):
-    """The registry model for `config`, shaped for `dataset`: its input shape (for models that
-    fix one) and its output width (`num_classes`, or a forecaster's `horizon`)."""
-    accepted = models.options(config.model)
-    fixed = {"horizon" if "horizon" in accepted else "num_classes": dataset.num_classes}
-    if "input_shape" in accepted:
-        fixed["input_shape"] = dataset.input_shape
-    clash = sorted(set(fixed) & set(config.model_options))
-    if clash:
-        raise ConfigError(f"model_options may not set {', '.join(clash)}: the dataset decides them")
-    return models.create(config.model, **fixed, **config.model_options)
 
 
 class Preempted(Exception):

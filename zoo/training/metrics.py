@@ -1,11 +1,23 @@
-"""Classification metrics in JAX: confusion matrix, accuracy, macro-F1.
+"""Evaluation: `evaluate` over a whole split, and classification metrics in JAX (confusion
+matrix, accuracy, macro-F1).
 
-All take integer `labels` and `predictions` of shape `(N,)` and an optional boolean `mask` that
-excludes padding rows; all are jittable (the class count is static).
+The metric functions take integer `labels` and `predictions` of shape `(N,)` and an optional
+boolean `mask` that excludes padding rows; all are jittable (the class count is static).
 """
+
+import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from zoo import data
+from zoo.data.splits import Split
+from zoo.training import parallel as parallel_lib
+from zoo.training.parallel import DataParallel, fetch_replicated, prefetch
+from zoo.training.state import TrainState
+from zoo.training.steps import summarize_metrics
 
 
 def confusion_matrix(
@@ -51,3 +63,39 @@ def macro_f1(
     labels: jax.Array, predictions: jax.Array, num_classes: int, mask: jax.Array | None = None
 ) -> jax.Array:
     return macro_f1_from_confusion(confusion_matrix(labels, predictions, num_classes, mask))
+
+
+def evaluate(
+    state: TrainState,
+    split: Split,
+    batch_size: int,
+    num_classes: int,
+    layout: DataParallel | None = None,
+) -> dict[str, Any]:
+    """Metrics of `state` on every example of `split`, by task.
+
+    'classify': loss, accuracy, macro_f1, confusion_matrix; 'language': loss (nats per token),
+    accuracy and bpc (bits per character); 'regress': loss, the mean squared error.
+
+    `layout`: how `state` lies on devices (default: one device).
+    """
+    layout = layout or parallel_lib.create("none")
+    predictions, sums = [], []
+    batches = data.batches(split, batch_size, remainder="pad", shard=layout.shard())
+    for batch in prefetch(batches, layout.put_batch):
+        batch_predictions, batch_sums = layout.eval_step(state, batch)
+        predictions.append(batch_predictions)
+        sums.append(batch_sums)
+    summary = summarize_metrics(sums)
+    if state.task == "regress":
+        return {"loss": summary["loss"], "mse": summary["loss"]}
+    if state.task == "language":
+        return summary | {"bpc": summary["loss"] / math.log(2)}
+    predictions = np.concatenate(fetch_replicated(predictions))[: len(split.y)]
+    confusion = np.asarray(confusion_matrix(split.y, predictions, num_classes))
+    return {
+        "loss": summary["loss"],
+        "accuracy": float(accuracy_from_confusion(confusion)),
+        "macro_f1": float(macro_f1_from_confusion(confusion)),
+        "confusion_matrix": confusion.tolist(),
+    }

@@ -1,4 +1,5 @@
-"""The train state: params, optimizer state, batch-norm statistics and the run's PRNG key."""
+"""The model for a config, and its train state: params, optimizer state, batch-norm statistics
+and the run's PRNG key."""
 
 from typing import Any
 
@@ -9,6 +10,8 @@ import optax
 from flax import struct
 from flax.training import train_state
 
+from zoo import models
+from zoo.data.splits import Dataset
 from zoo.training.config import ConfigError, TrainConfig
 from zoo.training.regularizers import regularized
 
@@ -108,3 +111,16 @@ def create_train_state(
         max_bad_steps=config.max_bad_steps,
     )
     return state.replace(step=jnp.zeros((), jnp.int32))  # the dtype every later step has
+
+
+def build_model(config: TrainConfig, dataset: Dataset):
+    """The registry model for `config`, shaped for `dataset`: its input shape (for models that
+    fix one) and its output width (`num_classes`, or a forecaster's `horizon`)."""
+    accepted = models.options(config.model)
+    fixed = {"horizon" if "horizon" in accepted else "num_classes": dataset.num_classes}
+    if "input_shape" in accepted:
+        fixed["input_shape"] = dataset.input_shape
+    clash = sorted(set(fixed) & set(config.model_options))
+    if clash:
+        raise ConfigError(f"model_options may not set {', '.join(clash)}: the dataset decides them")
+    return models.create(config.model, **fixed, **config.model_options)
