@@ -1,16 +1,22 @@
-"""Train-step speed of the same models in zoo, Flax's own building blocks and PyTorch, in one run.
+"""Train-step and inference speed of the same models in zoo, Flax, PyTorch and Keras 3, in one run.
 
-    python benchmarks/compare.py            # full run, writes benchmarks/results.json and .md
-    python benchmarks/compare.py --quick    # a few rounds, for a smoke test
+    python benchmarks/compare.py                  # every benchmark; writes benchmarks/results.*
+    python benchmarks/compare.py --only cnn,lstm  # some of them
+    python benchmarks/compare.py --quick          # a few rounds of the small sizes, a smoke test
+    python benchmarks/compare.py --dtype bfloat16 # on GPU/TPU
 
-Each implementation trains the same architecture on the same shapes with Adam (forward, backward,
-update). Compile/warm-up time is reported separately; then rounds alternate between the
-implementations so machine drift hits all alike, and the median ms/step is reported with
-examples/s and the ratio to zoo (> 1: slower than zoo). Peers that are not installed are skipped
-with a note. Keras 3 is not measured yet.
+Each implementation runs the same architecture on the same shapes: a train step (forward,
+backward, Adam update) and inference (forward only). Warm-up (compilation) is timed separately;
+then rounds alternate between the implementations so machine drift hits all alike, and the
+median ms/step is reported with examples/s, the ratio to zoo (> 1: slower than zoo), the
+achieved GFLOP/s (FLOPs from XLA's cost analysis of zoo's compiled step, the same math for every
+implementation) and its fraction of this machine's peak, measured in the same run with a large
+matmul. Warm-up includes JAX's compile time. Peers that are not installed are skipped with a
+note. Output: `results.json`, `results.md` and, with matplotlib, `results.png` (examples/s).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -20,36 +26,84 @@ from collections.abc import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
 from zoo import models
 
-Step = Callable[[], None]  # runs one train step and blocks until it is done
+Step = Callable[[], None]  # runs one step and blocks until it is done
 
 
-def jax_step(model: nn.Module, x: np.ndarray, y: np.ndarray) -> Step:
-    variables = model.init(jax.random.key(0), x)
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    kind: str  # 'cnn', 'lstm' or 'gru'
+    batch: int
+    shape: tuple[int, ...]  # one example
+    hidden: int = 0  # recurrent width (two layers)
+
+
+BENCHMARKS = {
+    "cnn": Benchmark("cnn", 128, (28, 28, 1)),
+    "lstm": Benchmark("lstm", 64, (28, 28), 128),
+    "gru": Benchmark("gru", 64, (28, 28), 128),
+    "cnn_large": Benchmark("cnn", 512, (28, 28, 1)),
+    "lstm_large": Benchmark("lstm", 64, (100, 28), 512),
+    "gru_large": Benchmark("gru", 64, (100, 28), 512),
+}
+QUICK = ("cnn", "lstm", "gru")
+
+
+def _cast(tree, dtype):
+    def cast(a):
+        return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+
+    return jax.tree.map(cast, tree)
+
+
+def jax_steps(model: nn.Module, x: np.ndarray, y: np.ndarray, dtype) -> dict[str, Step]:
+    """Train and inference steps of a Flax module, and their XLA FLOP counts."""
+    params = _cast(model.init(jax.random.key(0), x)["params"], dtype)
     tx = optax.adam(1e-3)
-    state = [variables["params"], tx.init(variables["params"])]
+    state = [params, tx.init(params)]
+    x, y = jax.device_put(x.astype(dtype)), jax.device_put(y)
 
-    @jax.jit
-    def step(params, opt_state, x, y):
-        def loss(p):
-            logits = model.apply({"params": p}, x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    def loss(p, x, y):
+        logits = model.apply({"params": p}, x).astype(jnp.float32)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-        grads = jax.grad(loss)(params)
+    def train(params, opt_state, x, y):
+        grads = jax.grad(loss)(params, x, y)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    x, y = jax.device_put(x), jax.device_put(y)
+    start = time.perf_counter()
+    train_c = jax.jit(train, donate_argnums=(0, 1)).lower(*state, x, y).compile()
+    train_compile = time.perf_counter() - start
+    start = time.perf_counter()
+    infer_c = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, x).compile()
+    infer_compile = time.perf_counter() - start
 
-    def run():
-        state[:] = step(*state, x, y)
+    def run_train():
+        state[:] = train_c(*state, x, y)
         jax.block_until_ready(state)
 
-    return run
+    def run_infer():
+        jax.block_until_ready(infer_c(state[0], x))
+
+    return {
+        "train": run_train,
+        "infer": run_infer,
+        "flops": {"train": _flops(train_c), "infer": _flops(infer_c)},
+        "compile_seconds": {"train": train_compile, "infer": infer_compile},
+    }
+
+
+def _flops(compiled) -> float | None:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):
+        analysis = analysis[0] if analysis else {}
+    return float(analysis["flops"]) if analysis and "flops" in analysis else None
 
 
 class FlaxCNN(nn.Module):
@@ -63,21 +117,35 @@ class FlaxCNN(nn.Module):
         return nn.Dense(10)(nn.relu(nn.Dense(64)(x)))
 
 
-class FlaxLSTM(nn.Module):
-    """Two LSTM(128) layers from `nn.RNN(nn.OptimizedLSTMCell)`, then Dense(10)."""
+class FlaxRNN(nn.Module):
+    """Two `nn.RNN` layers of `nn.OptimizedLSTMCell` or `nn.GRUCell`, then Dense(10)."""
+
+    cell: str
+    hidden: int
 
     @nn.compact
     def __call__(self, x):
-        x = nn.RNN(nn.OptimizedLSTMCell(128))(x)
-        x = nn.RNN(nn.OptimizedLSTMCell(128))(x)
+        cell = nn.OptimizedLSTMCell if self.cell == "lstm" else nn.GRUCell
+        x = nn.RNN(cell(self.hidden))(x)
+        x = nn.RNN(cell(self.hidden))(x)
         return nn.Dense(10)(x[:, -1])
 
 
-def torch_step(kind: str, x: np.ndarray, y: np.ndarray) -> Step:
+def zoo_model(bench: Benchmark) -> nn.Module:
+    if bench.kind == "cnn":
+        return models.create("cnn", input_shape=bench.shape)
+    return models.create(bench.kind, input_shape=bench.shape, hidden_sizes=(bench.hidden,) * 2)
+
+
+def flax_model(bench: Benchmark) -> nn.Module:
+    return FlaxCNN() if bench.kind == "cnn" else FlaxRNN(bench.kind, bench.hidden)
+
+
+def torch_steps(bench: Benchmark, x: np.ndarray, y: np.ndarray, dtype: str) -> dict[str, Step]:
     import torch
 
     torch.manual_seed(0)
-    if kind == "cnn":
+    if bench.kind == "cnn":
         net = torch.nn.Sequential(
             torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
             torch.nn.Conv2d(32, 64, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
@@ -86,43 +154,96 @@ def torch_step(kind: str, x: np.ndarray, y: np.ndarray) -> Step:
         )  # fmt: skip
         inputs = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # NCHW
     else:
-        lstm = torch.nn.LSTM(x.shape[-1], 128, num_layers=2, batch_first=True)
-        head = torch.nn.Linear(128, 10)
+        rnn_class = torch.nn.LSTM if bench.kind == "lstm" else torch.nn.GRU
+        rnn = rnn_class(x.shape[-1], bench.hidden, num_layers=2, batch_first=True)
+        head = torch.nn.Linear(bench.hidden, 10)
 
         class Net(torch.nn.Module):
             def __init__(self):
                 super().__init__()
-                self.lstm, self.head = lstm, head
+                self.rnn, self.head = rnn, head
 
             def forward(self, v):
-                return self.head(self.lstm(v)[0][:, -1])
+                return self.head(self.rnn(v)[0][:, -1])
 
         net, inputs = Net(), torch.from_numpy(x)
-    labels = torch.from_numpy(y).long()
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = net.to(device=device, dtype=torch_dtype)
+    inputs = inputs.to(device=device, dtype=torch_dtype)
+    labels = torch.from_numpy(y).long().to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
-    def run():
+    def run_train():
         optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(net(inputs), labels).backward()
+        torch.nn.functional.cross_entropy(net(inputs).float(), labels).backward()
         optimizer.step()
+        sync()
 
-    return run
+    def run_infer():
+        with torch.no_grad():
+            net(inputs)
+        sync()
+
+    return {"train": run_train, "infer": run_infer}
 
 
-BENCHMARKS = {
-    # name: (batch, example shape, zoo model, flax model)
-    "cnn": (128, (28, 28, 1), lambda: models.create("cnn"), FlaxCNN),
-    "lstm": (64, (28, 28), lambda: models.create("lstm", input_shape=(28, 28)), FlaxLSTM),
-}
+def keras_steps(bench: Benchmark, x: np.ndarray, y: np.ndarray, dtype: str) -> dict[str, Step]:
+    import keras
+
+    keras.config.set_dtype_policy(dtype)
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    if bench.kind == "cnn":
+        body = [
+            layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(2),
+            layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(2),
+            layers.Conv2D(64, 3, activation="relu"), layers.Flatten(),
+            layers.Dense(64, activation="relu"),
+        ]  # fmt: skip
+    else:
+        rnn = layers.LSTM if bench.kind == "lstm" else layers.GRU
+        body = [rnn(bench.hidden, return_sequences=True), rnn(bench.hidden)]
+    model = keras.Sequential([keras.Input(bench.shape), *body, layers.Dense(10)])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=True,
+    )
+
+    def run_train():
+        with jax.numpy_rank_promotion("allow"):  # Keras relies on implicit rank promotion
+            model.train_on_batch(x, y)
+
+    def run_infer():
+        with jax.numpy_rank_promotion("allow"):
+            model.predict_on_batch(x)
+
+    return {"train": run_train, "infer": run_infer}
+
+
+def peak_matmul_gflops(dtype, size: int = 2048, repeats: int = 10) -> float:
+    """This machine's matmul GFLOP/s on the default device: the yardstick for 'fraction of
+    peak'."""
+    a = jnp.ones((size, size), dtype)
+    matmul = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(matmul(a))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a))
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
 
 
 def measure(steps: dict[str, Step], rounds: int, steps_per_round: int) -> dict[str, dict]:
-    compile_seconds = {}
+    warmup = {}
     for name, step in steps.items():
         start = time.perf_counter()
-        step()  # compile (JAX) or allocate (PyTorch)
+        step()  # compile (JAX, Keras) or allocate (PyTorch)
         step()
-        compile_seconds[name] = time.perf_counter() - start
+        warmup[name] = time.perf_counter() - start
     times = {name: [] for name in steps}
     for _ in range(rounds):  # interleaved: each round times every implementation once
         for name, step in steps.items():
@@ -131,67 +252,161 @@ def measure(steps: dict[str, Step], rounds: int, steps_per_round: int) -> dict[s
                 step()
             times[name].append((time.perf_counter() - start) / steps_per_round)
     return {
-        name: {"median_ms": 1e3 * statistics.median(t), "warmup_seconds": compile_seconds[name]}
+        name: {"median_ms": 1e3 * statistics.median(t), "warmup_seconds": warmup[name]}
         for name, t in times.items()
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 rounds of 2 steps")
-    parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
-    args = parser.parse_args()
-    rounds, per_round = (3, 2) if args.quick else (15, 10)
+def available_peers() -> dict[str, object]:
+    peers = {}
     try:
         import torch
 
         torch.set_num_threads(os.cpu_count() or 1)
+        peers["pytorch"] = torch.__version__
     except ImportError:
-        torch = None
         print("note: torch not installed; PyTorch skipped (pip install torch)")
+    if os.environ.get("KERAS_BACKEND", "jax") != "jax":
+        print("note: KERAS_BACKEND is not 'jax'; Keras skipped")
+    else:
+        os.environ.setdefault("KERAS_BACKEND", "jax")
+        try:
+            import keras
+
+            peers["keras"] = keras.__version__
+        except ImportError:
+            print("note: keras not installed; Keras 3 skipped (pip install -e '.[keras]')")
+    return peers
+
+
+def run_benchmark(name, bench, peers, dtype, rounds, per_round) -> dict:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(bench.batch, *bench.shape)).astype(np.float32)
+    y = rng.integers(0, 10, bench.batch).astype(np.int32)
+    jax_dtype = jnp.dtype(dtype)
+    impls = {"zoo": jax_steps(zoo_model(bench), x, y, jax_dtype)}
+    impls["flax"] = jax_steps(flax_model(bench), x, y, jax_dtype)
+    if "pytorch" in peers:
+        impls["pytorch"] = torch_steps(bench, x, y, dtype)
+    if "keras" in peers:
+        impls["keras"] = keras_steps(bench, x, y, dtype)
+    flops = impls["zoo"]["flops"]
+    result = {**dataclasses.asdict(bench), "flops": flops, "timings": {}}
+    for mode in ("train", "infer"):
+        timings = measure({impl: s[mode] for impl, s in impls.items()}, rounds, per_round)
+        for impl, t in timings.items():
+            t["warmup_seconds"] += impls[impl].get("compile_seconds", {}).get(mode, 0.0)
+            t["examples_per_second"] = bench.batch / (t["median_ms"] / 1e3)
+            t["ratio_to_zoo"] = t["median_ms"] / timings["zoo"]["median_ms"]
+            t["gflops"] = flops[mode] / (t["median_ms"] / 1e3) / 1e9 if flops[mode] else None
+        result["timings"][mode] = timings
+    return result
+
+
+def table(results: dict) -> str:
+    peak = results["peak_gflops"]
+    rows = []
+    for name, bench in results["benchmarks"].items():
+        for mode, timings in bench["timings"].items():
+            for impl, t in timings.items():
+                gflops = t["gflops"]
+                rows.append(
+                    f"| {name} | {mode} | {impl} | {t['median_ms']:.2f} | "
+                    f"{t['examples_per_second']:,.0f} | {t['ratio_to_zoo']:.2f} | "
+                    + (f"{gflops:.1f} | {gflops / peak:.0%} |" if gflops else "- | - |")
+                    + f" {t['warmup_seconds']:.2f} |"
+                )
+    return "\n".join(
+        [
+            f"Machine: {results['machine']}; jax {results['jax']}, torch {results['torch']}, "
+            f"keras {results['keras']}; {results['dtype']}; peak matmul {peak:.0f} GFLOP/s; "
+            f"median of {results['rounds']} interleaved rounds of {results['steps_per_round']} "
+            "steps.",
+            "",
+            "| benchmark | mode | implementation | median ms/step | examples/s | time / zoo's "
+            "| GFLOP/s | of peak | warm-up s |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+
+
+def plot(results: dict, path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib not installed; no results.png")
+        return False
+    names = list(results["benchmarks"])
+    impls = sorted(
+        {i for b in results["benchmarks"].values() for i in b["timings"]["train"]},
+        key=lambda i: (i != "zoo", i),
+    )
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    width = 0.8 / len(impls)
+    for ax, mode in zip(axes, ("train", "infer"), strict=True):
+        for k, impl in enumerate(impls):
+            values = [
+                results["benchmarks"][n]["timings"][mode].get(impl, {}).get("examples_per_second")
+                or 0
+                for n in names
+            ]
+            ax.bar(np.arange(len(names)) + k * width, values, width, label=impl)
+        ax.set_xticks(np.arange(len(names)) + width * (len(impls) - 1) / 2, names, rotation=20)
+        ax.set_title(f"{mode} step")
+        ax.set_yscale("log")
+    axes[0].set_ylabel("examples/s (higher is better)")
+    axes[0].legend()
+    fig.suptitle(results["machine"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 2 steps, small sizes")
+    parser.add_argument("--only", help=f"comma list of {', '.join(BENCHMARKS)}")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
+    parser.add_argument("--steps-per-round", type=int, default=10)
+    parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(QUICK if args.quick else BENCHMARKS)
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {list(BENCHMARKS)}")
+    rounds, per_round = (3, 2) if args.quick else (args.rounds, args.steps_per_round)
+    peers = available_peers()
+    device = jax.devices()[0]
     results = {
-        "machine": f"{platform.machine()} x{os.cpu_count()}, {jax.devices()[0].device_kind}",
+        "machine": f"{platform.machine()} x{os.cpu_count()}, {device.device_kind}",
         "jax": jax.__version__,
-        "torch": torch.__version__ if torch else None,
+        "torch": peers.get("pytorch"),
+        "keras": peers.get("keras"),
+        "dtype": args.dtype,
+        "peak_gflops": peak_matmul_gflops(jnp.dtype(args.dtype)),
         "rounds": rounds,
         "steps_per_round": per_round,
         "benchmarks": {},
     }
-    rows = []
-    for name, (batch, shape, zoo_model, flax_model) in BENCHMARKS.items():
-        rng = np.random.default_rng(0)
-        x = rng.normal(size=(batch, *shape)).astype(np.float32)
-        y = rng.integers(0, 10, batch).astype(np.int32)
-        steps = {"zoo": jax_step(zoo_model(), x, y), "flax": jax_step(flax_model(), x, y)}
-        if torch:
-            steps["pytorch"] = torch_step(name, x, y)
-        timings = measure(steps, rounds, per_round)
-        for impl, t in timings.items():
-            t["examples_per_second"] = batch / (t["median_ms"] / 1e3)
-            t["ratio_to_zoo"] = t["median_ms"] / timings["zoo"]["median_ms"]
-            rows.append(
-                f"| {name} train step | {impl} | {t['median_ms']:.2f} | "
-                f"{t['examples_per_second']:,.0f} | {t['ratio_to_zoo']:.2f} | "
-                f"{t['warmup_seconds']:.2f} |"
-            )
-        results["benchmarks"][name] = {"batch": batch, "shape": shape, "timings": timings}
-    table = "\n".join(
-        [
-            f"Machine: {results['machine']}; jax {results['jax']}, torch {results['torch']}; "
-            f"median of {rounds} interleaved rounds of {per_round} steps.",
-            "",
-            "| benchmark | implementation | median ms/step | examples/s | time / zoo's "
-            "| warm-up s |",
-            "|---|---|---|---|---|---|",
-            *rows,
-        ]
-    )
-    print(table)
+    for name in names:
+        results["benchmarks"][name] = run_benchmark(
+            name, BENCHMARKS[name], peers, args.dtype, rounds, per_round
+        )
+    text = table(results)
+    print(text)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(table + "\n")
+        f.write(text + "\n")
+    if plot(results, os.path.join(args.out, "results.png")):
+        print(f"wrote {args.out}/results.json, results.md, results.png")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """benchmarks/compare.py --quick runs and writes a well-formed report (timings are not judged)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -19,12 +20,22 @@ def test_compare_quick_writes_results(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "results.json").read_text())
-    for name in ("cnn", "lstm"):
-        timings = results["benchmarks"][name]["timings"]
-        assert timings["zoo"]["ratio_to_zoo"] == 1.0
-        assert {"zoo", "flax"} <= set(timings)
-        assert all(t["median_ms"] > 0 for t in timings.values())
-    assert "| cnn train step | zoo |" in (tmp_path / "results.md").read_text()
+    assert results["peak_gflops"] > 0
+    assert set(results["benchmarks"]) == {"cnn", "lstm", "gru"}
+    for name, bench in results["benchmarks"].items():
+        assert bench["flops"]["train"] > bench["flops"]["infer"] > 0, name
+        for mode in ("train", "infer"):
+            timings = bench["timings"][mode]
+            assert {"zoo", "flax"} <= set(timings)
+            assert timings["zoo"]["ratio_to_zoo"] == 1.0
+            for t in timings.values():
+                seconds = t["median_ms"] / 1e3
+                assert t["median_ms"] > 0 and t["warmup_seconds"] > 0
+                assert abs(t["gflops"] - bench["flops"][mode] / seconds / 1e9) < 1e-6 * t["gflops"]
+    text = (tmp_path / "results.md").read_text()
+    assert "| cnn | train | zoo |" in text and "| gru | infer | flax |" in text
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "results.png").stat().st_size > 0
 
 
 @pytest.mark.slow
