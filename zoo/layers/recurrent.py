@@ -20,9 +20,12 @@ Equations, with x_t the input and h, c the carry:
           reset_after=False (Cho et al. 2014, Keras v1): n = tanh(x W_n + b_n + (r ⊙ h) U_n)
           h' = (1 - z) ⊙ n + z ⊙ h
 
-The input projection `x W + b` of all timesteps is one matmul before the scan; only `h U` runs
-inside it (`lstm_step`, `gru_step`). With `lengths`, a sequence's carry stops changing after its
-last valid step and its outputs there are zero, so a padded batch gives each sequence's own result.
+On GPU and TPU the input projection `x W + b` of all timesteps is one matmul before the scan and
+only `h U` runs inside it (`lstm_step`, `gru_step`); on CPU each step projects its own `x`, which
+measured faster there (2x forward, 1.2x with gradients for 2 x LSTM(128) on a 2-core CPU: the
+per-step slices of a hoisted `(T, B, 4H)` array cost more than the small matmuls they save).
+With `lengths`, a sequence's carry stops changing after its last valid step and its outputs there
+are zero, so a padded batch gives each sequence's own result.
 
 Recurrent dropout (Gal & Ghahramani 2016; Keras' `recurrent_dropout`) multiplies the `h` that
 enters `h U` by a mask `(B, H)` drawn once per sequence, before the scan, and used at every step.
@@ -163,18 +166,19 @@ def scan_steps(
     step: Callable[[CellParams, Carry, jax.Array], tuple[Carry, jax.Array]],
     params: CellParams,
     carry: Carry,
-    projected: jax.Array,
+    inputs: jax.Array,
     mask: jax.Array | None = None,
     *,
     reverse: bool = False,
     unroll: int = 1,
 ) -> tuple[Carry, jax.Array]:
-    """Runs `step` over the time axis of `projected` `(B, T, G)`; returns `(carry, (B, T, H))`.
+    """Runs `step` over the time axis of `inputs` `(B, T, G)` (projected inputs, or raw ones for a
+    step that projects them); returns `(carry, (B, T, H))`.
 
     With `mask` `(B, T)`, masked steps leave the carry unchanged and output zeros. `reverse` runs
     from the last step to the first; with right padding the padded steps come first and are skipped.
     """
-    xs = jnp.swapaxes(projected, 0, 1)  # (T, B, G): scan runs over the leading axis
+    xs = jnp.swapaxes(inputs, 0, 1)  # (T, B, G): scan runs over the leading axis
     if mask is None:
         carry, ys = jax.lax.scan(
             lambda c, x: step(params, c, x), carry, xs, reverse=reverse, unroll=unroll
@@ -190,6 +194,21 @@ def scan_steps(
         valid = jnp.swapaxes(mask, 0, 1)[..., None]  # (T, B, 1)
         carry, ys = jax.lax.scan(masked, carry, (xs, valid), reverse=reverse, unroll=unroll)
     return carry, jnp.swapaxes(ys, 0, 1)  # (B, T, H)
+
+
+def hoist_input_projection() -> bool:
+    """Whether layers project all timesteps before the scan (GPU, TPU) or in each step (CPU);
+    the math is the same, see the module docstring."""
+    return jax.default_backend() != "cpu"
+
+
+def _projecting(step: Callable) -> Callable:
+    """`step` taking a raw `x (B, F)` instead of its projection `x W + b`."""
+
+    def projecting_step(params: CellParams, carry: Carry, x: jax.Array):
+        return step(params, carry, project(x, params["kernel"], params["bias"]))
+
+    return projecting_step
 
 
 def _lstm_bias_init(key, shape, dtype=jnp.float32):
@@ -251,7 +270,6 @@ class Recurrent(nn.Module):
         carry = initial_state
         if carry is None:
             carry = initial_carry(self.cell, batch, self.hidden_size, x.dtype)
-        projected = project(x, params["kernel"], params["bias"])  # (B, T, G*H): one matmul
         h_mask = None
         if train and self.recurrent_dropout:
             h_mask = dropout_mask(
@@ -262,9 +280,12 @@ class Recurrent(nn.Module):
             step = functools.partial(lstm_step, h_mask=h_mask)
         else:
             step = functools.partial(gru_step, reset_after=self.reset_after, h_mask=h_mask)
-
+        if hoist_input_projection():
+            inputs, recurrent_step = project(x, params["kernel"], params["bias"]), step
+        else:
+            inputs, recurrent_step = x, _projecting(step)
         return scan_steps(
-            step, params, carry, projected, mask, reverse=self.reverse, unroll=self.unroll
+            recurrent_step, params, carry, inputs, mask, reverse=self.reverse, unroll=self.unroll
         )
 
 
