@@ -9,10 +9,11 @@ Each implementation runs the same architecture on the same shapes: a train step 
 backward, Adam update) and inference (forward only). Warm-up (compilation) is timed separately;
 then rounds alternate between the implementations so machine drift hits all alike, and the
 median ms/step is reported with examples/s, the ratio to zoo (> 1: slower than zoo), the
-achieved GFLOP/s (FLOPs from XLA's cost analysis of zoo's compiled step, the same math for every
-implementation) and its fraction of this machine's peak, measured in the same run with a large
-matmul. Warm-up includes JAX's compile time. Peers that are not installed are skipped with a
-note. Output: `results.json`, `results.md` and, with matplotlib, `results.png` (examples/s).
+achieved GFLOP/s (the same FLOP count for every implementation: XLA's cost analysis of zoo's
+compiled CNN step, and the RNNs' matmuls counted by hand) and its fraction of this machine's
+peak, measured in the same run with a large matmul. Warm-up includes JAX's compile time. Peers
+that are not installed are skipped with a note. Output: `results.json`, `results.md` and, with
+matplotlib, `results.png` (examples/s).
 """
 
 import argparse
@@ -97,6 +98,20 @@ def jax_steps(model: nn.Module, x: np.ndarray, y: np.ndarray, dtype) -> dict[str
         "flops": {"train": _flops(train_c), "infer": _flops(infer_c)},
         "compile_seconds": {"train": train_compile, "infer": infer_compile},
     }
+
+
+def rnn_flops(bench: Benchmark) -> dict[str, float]:
+    """Matmul FLOPs of the two-layer RNN and its head, counted by hand: XLA's cost analysis does
+    not multiply a scan body by its trip count. Training counts 3x inference (forward, and the
+    two matmuls per forward one in the backward pass)."""
+    gates = 4 if bench.kind == "lstm" else 3
+    steps, features = bench.shape
+    per_step = sum(
+        2 * bench.batch * (width + bench.hidden) * gates * bench.hidden
+        for width in (features, bench.hidden)
+    )
+    infer = steps * per_step + 2 * bench.batch * bench.hidden * 10
+    return {"train": 3.0 * infer, "infer": float(infer)}
 
 
 def _flops(compiled) -> float | None:
@@ -290,7 +305,7 @@ def run_benchmark(name, bench, peers, dtype, rounds, per_round) -> dict:
         impls["pytorch"] = torch_steps(bench, x, y, dtype)
     if "keras" in peers:
         impls["keras"] = keras_steps(bench, x, y, dtype)
-    flops = impls["zoo"]["flops"]
+    flops = impls["zoo"]["flops"] if bench.kind == "cnn" else rnn_flops(bench)
     result = {**dataclasses.asdict(bench), "flops": flops, "timings": {}}
     for mode in ("train", "infer"):
         timings = measure({impl: s[mode] for impl, s in impls.items()}, rounds, per_round)
