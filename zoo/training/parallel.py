@@ -53,6 +53,7 @@ class DataParallel:
 
     def __init__(self, devices: list[jax.Device]):
         self.devices = devices
+        self._train_step, self._eval_step = train_step, eval_step  # jitted for one device
 
     @property
     def num_devices(self) -> int:
@@ -86,10 +87,10 @@ class DataParallel:
         return jax.device_put(batch, self.devices[0])
 
     def train_step(self, state: Any, batch: Batch) -> tuple[Any, dict[str, jax.Array]]:
-        return train_step(state, batch)
+        return self._train_step(state, batch)
 
     def eval_step(self, state: Any, batch: Batch) -> tuple[jax.Array | None, dict[str, jax.Array]]:
-        return eval_step(state, batch)
+        return self._eval_step(state, batch)
 
 
 class Sharded(DataParallel):
@@ -129,12 +130,6 @@ class Sharded(DataParallel):
         return jax.tree.map(
             lambda rows: jax.make_array_from_process_local_data(self.data, rows), batch
         )
-
-    def train_step(self, state, batch):
-        return self._train_step(state, batch)
-
-    def eval_step(self, state, batch):
-        return self._eval_step(state, batch)
 
 
 class Pmapped(DataParallel):
@@ -186,12 +181,6 @@ class Pmapped(DataParallel):
             lambda rows: jax.device_put(rows.reshape(n, -1, *rows.shape[1:]), self.stacked),
             batch,
         )
-
-    def train_step(self, state, batch):
-        return self._train_step(state, batch)
-
-    def eval_step(self, state, batch):
-        return self._eval_step(state, batch)
 
 
 def _first_shard(leaf: Any) -> Any:
