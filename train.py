@@ -217,8 +217,9 @@ def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     try:
         return None if value is None else int(value)
-    except ValueError:
-        raise SystemExit(f"train.py: error: {name}={value!r} must be an integer") from None
+    except ValueError:  # a bad config value, exit status 2 like every other
+        print(f"train.py: error: {name}={value!r} must be an integer", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def join_processes(args: argparse.Namespace) -> None:

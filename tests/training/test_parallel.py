@@ -256,6 +256,16 @@ def test_cli_names_the_distributed_flags(tmp_path):
     assert code == 2 and "--process-id 2 is out of range for num_processes 2" in err
     code, _, err = run(cli("--process-id", "1"))
     assert code == 2 and "needs --coordinator, --num-processes as well" in err
+    process = subprocess.run(
+        [sys.executable, *cli()],
+        cwd=ROOT,
+        env=environment(1) | {"JAX_NUM_PROCESSES": "two"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.returncode == 2
+    assert process.stderr.strip() == "train.py: error: JAX_NUM_PROCESSES='two' must be an integer"
 
 
 def test_unknown_layout_and_prefetch_order():
