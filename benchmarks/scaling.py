@@ -38,11 +38,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "scaling.json")
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    counts = args.devices.split(",")
+    if not all(n.isdigit() and int(n) > 0 for n in counts):
+        parser.error(f"--devices takes positive counts such as 1,2,4,8; got {args.devices}")
+    args.devices = [int(n) for n in counts]
+    unknown = sorted(set(args.models.split(",")) - {"cnn", "lstm"})
+    if unknown:
+        parser.error(f"--models takes cnn and/or lstm; got {', '.join(unknown)}")
+    if args.per_device_batch < 1:
+        parser.error(f"--per-device-batch must be >= 1, got {args.per_device_batch}")
+    return args
 
 
 ARGS = parse_args(sys.argv[1:])
-COUNTS = [int(n) for n in ARGS.devices.split(",")]
+COUNTS = ARGS.devices
 # Before JAX starts: on CPU this makes the host devices; on GPU/TPU it only adds unused CPU ones.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={max(COUNTS)}"
