@@ -32,6 +32,13 @@ import numpy as np
 import optax
 
 from zoo import models
+from zoo.layers.importers import (
+    conv_from_torch,
+    dense_from_torch,
+    from_flax_cell,
+    from_keras,
+    from_torch,
+)
 
 Step = Callable[[], None]  # runs one step and blocks until it is done
 
@@ -62,9 +69,13 @@ def _cast(tree, dtype):
     return jax.tree.map(cast, tree)
 
 
-def jax_steps(model: nn.Module, x: np.ndarray, y: np.ndarray, dtype) -> dict[str, Step]:
-    """Train and inference steps of a Flax module, and their XLA FLOP counts."""
-    params = _cast(model.init(jax.random.key(0), x)["params"], dtype)
+def jax_steps(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, dtype, to_zoo: Callable | None = None
+) -> dict[str, Step]:
+    """Train and inference steps of a Flax module, their XLA FLOP counts, and (with `to_zoo`,
+    which converts its params) its initial logits and weights for the agreement check."""
+    initial = model.init(jax.random.key(0), x)["params"]
+    params = _cast(initial, dtype)
     tx = optax.adam(1e-3)
     state = [params, tx.init(params)]
     x, y = jax.device_put(x.astype(dtype)), jax.device_put(y)
@@ -92,12 +103,16 @@ def jax_steps(model: nn.Module, x: np.ndarray, y: np.ndarray, dtype) -> dict[str
     def run_infer():
         jax.block_until_ready(infer_c(state[0], x))
 
-    return {
+    steps = {
         "train": run_train,
         "infer": run_infer,
         "flops": {"train": _flops(train_c), "infer": _flops(infer_c)},
         "compile_seconds": {"train": train_compile, "infer": infer_compile},
     }
+    if to_zoo is not None:
+        steps["logits"] = np.asarray(model.apply({"params": initial}, x.astype(np.float32)))
+        steps["zoo_params"] = to_zoo(initial)
+    return steps
 
 
 def rnn_flops(bench: Benchmark) -> dict[str, float]:
@@ -129,7 +144,8 @@ class FlaxCNN(nn.Module):
         x = nn.max_pool(nn.relu(nn.Conv(32, (3, 3), padding="VALID")(x)), (2, 2), (2, 2))
         x = nn.max_pool(nn.relu(nn.Conv(64, (3, 3), padding="VALID")(x)), (2, 2), (2, 2))
         x = nn.relu(nn.Conv(64, (3, 3), padding="VALID")(x)).reshape(x.shape[0], -1)
-        return nn.Dense(10)(nn.relu(nn.Dense(64)(x)))
+        x = nn.relu(nn.Dense(64)(x))  # created before Dense(10): the names match zoo's
+        return nn.Dense(10)(x)
 
 
 class FlaxRNN(nn.Module):
@@ -144,6 +160,16 @@ class FlaxRNN(nn.Module):
         x = nn.RNN(cell(self.hidden))(x)
         x = nn.RNN(cell(self.hidden))(x)
         return nn.Dense(10)(x[:, -1])
+
+
+def flax_to_zoo(bench: Benchmark, params: dict) -> dict:
+    """FlaxCNN's params already have zoo's names and layout; FlaxRNN's cells go through
+    `from_flax_cell`."""
+    if bench.kind == "cnn":
+        return params
+    cell = "OptimizedLSTMCell" if bench.kind == "lstm" else "GRUCell"  # cells named in FlaxRNN
+    layers = {f"layer_{k}": from_flax_cell(params[f"{cell}_{k}"], bench.kind) for k in (0, 1)}
+    return {"StackedRNN_0": layers, "Dense_0": params["Dense_0"]}
 
 
 def zoo_model(bench: Benchmark) -> nn.Module:
@@ -168,6 +194,12 @@ def torch_steps(bench: Benchmark, x: np.ndarray, y: np.ndarray, dtype: str) -> d
             torch.nn.Linear(576, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10),
         )  # fmt: skip
         inputs = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # NCHW
+        convs = [net[k] for k in (0, 3, 6)]
+        zoo_params = {f"Conv_{i}": conv_from_torch(c.weight, c.bias) for i, c in enumerate(convs)}
+        zoo_params["Dense_0"] = dense_from_torch(
+            net[9].weight, net[9].bias, flattened_from=(64, 3, 3)
+        )
+        zoo_params["Dense_1"] = dense_from_torch(net[11].weight, net[11].bias)
     else:
         rnn_class = torch.nn.LSTM if bench.kind == "lstm" else torch.nn.GRU
         rnn = rnn_class(x.shape[-1], bench.hidden, num_layers=2, batch_first=True)
@@ -182,6 +214,12 @@ def torch_steps(bench: Benchmark, x: np.ndarray, y: np.ndarray, dtype: str) -> d
                 return self.head(self.rnn(v)[0][:, -1])
 
         net, inputs = Net(), torch.from_numpy(x)
+        zoo_params = {
+            "StackedRNN_0": from_torch(rnn.state_dict(), bench.kind),
+            "Dense_0": dense_from_torch(head.weight, head.bias),
+        }
+    with torch.no_grad():
+        logits = net(inputs).numpy()
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     net = net.to(device=device, dtype=torch_dtype)
@@ -201,7 +239,7 @@ def torch_steps(bench: Benchmark, x: np.ndarray, y: np.ndarray, dtype: str) -> d
             net(inputs)
         sync()
 
-    return {"train": run_train, "infer": run_infer}
+    return {"train": run_train, "infer": run_infer, "logits": logits, "zoo_params": zoo_params}
 
 
 def keras_steps(bench: Benchmark, x: np.ndarray, y: np.ndarray, dtype: str) -> dict[str, Step]:
@@ -226,6 +264,19 @@ def keras_steps(bench: Benchmark, x: np.ndarray, y: np.ndarray, dtype: str) -> d
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=True,
     )
+    weights = [layer.get_weights() for layer in model.layers if layer.get_weights()]
+    if bench.kind == "cnn":  # Keras' Conv2D and Dense layouts are zoo's
+        names = ["Conv_0", "Conv_1", "Conv_2", "Dense_0", "Dense_1"]
+        zoo_params = {
+            n: {"kernel": w[0], "bias": w[1]} for n, w in zip(names, weights, strict=True)
+        }
+    else:
+        zoo_params = {
+            "StackedRNN_0": from_keras(weights[:2], bench.kind),
+            "Dense_0": {"kernel": weights[2][0], "bias": weights[2][1]},
+        }
+    with jax.numpy_rank_promotion("allow"):
+        logits = np.asarray(model.predict_on_batch(x), np.float32)
 
     def run_train():
         with jax.numpy_rank_promotion("allow"):  # Keras relies on implicit rank promotion
@@ -235,7 +286,19 @@ def keras_steps(bench: Benchmark, x: np.ndarray, y: np.ndarray, dtype: str) -> d
         with jax.numpy_rank_promotion("allow"):
             model.predict_on_batch(x)
 
-    return {"train": run_train, "infer": run_infer}
+    return {"train": run_train, "infer": run_infer, "logits": logits, "zoo_params": zoo_params}
+
+
+def agreement(bench: Benchmark, x: np.ndarray, impls: dict[str, dict]) -> dict[str, float]:
+    """Each peer's initial weights, imported into zoo's model: the largest absolute difference
+    between zoo's logits and the peer's on the benchmark batch. Small values mean the
+    implementations compute the same function, so the timings compare the same math."""
+    model = zoo_model(bench)
+    return {
+        name: float(np.max(np.abs(model.apply({"params": impl["zoo_params"]}, x) - impl["logits"])))
+        for name, impl in impls.items()
+        if "zoo_params" in impl
+    }
 
 
 def peak_matmul_gflops(dtype, size: int = 2048, repeats: int = 10) -> float:
@@ -300,13 +363,14 @@ def run_benchmark(name, bench, peers, dtype, rounds, per_round) -> dict:
     y = rng.integers(0, 10, bench.batch).astype(np.int32)
     jax_dtype = jnp.dtype(dtype)
     impls = {"zoo": jax_steps(zoo_model(bench), x, y, jax_dtype)}
-    impls["flax"] = jax_steps(flax_model(bench), x, y, jax_dtype)
+    impls["flax"] = jax_steps(flax_model(bench), x, y, jax_dtype, lambda p: flax_to_zoo(bench, p))
     if "pytorch" in peers:
         impls["pytorch"] = torch_steps(bench, x, y, dtype)
     if "keras" in peers:
         impls["keras"] = keras_steps(bench, x, y, dtype)
     flops = impls["zoo"]["flops"] if bench.kind == "cnn" else rnn_flops(bench)
     result = {**dataclasses.asdict(bench), "flops": flops, "timings": {}}
+    result["max_logit_difference"] = agreement(bench, x, impls)
     for mode in ("train", "infer"):
         timings = measure({impl: s[mode] for impl, s in impls.items()}, rounds, per_round)
         for impl, t in timings.items():
@@ -325,22 +389,25 @@ def table(results: dict) -> str:
         for mode, timings in bench["timings"].items():
             for impl, t in timings.items():
                 gflops = t["gflops"]
+                difference = bench.get("max_logit_difference", {}).get(impl)
                 rows.append(
                     f"| {name} | {mode} | {impl} | {t['median_ms']:.2f} | "
                     f"{t['examples_per_second']:,.0f} | {t['ratio_to_zoo']:.2f} | "
                     + (f"{gflops:.1f} | {gflops / peak:.0%} |" if gflops else "- | - |")
-                    + f" {t['warmup_seconds']:.2f} |"
+                    + f" {t['warmup_seconds']:.2f} | "
+                    + (f"{difference:.1e} |" if difference is not None else "- |")
                 )
     return "\n".join(
         [
             f"Machine: {results['machine']}; jax {results['jax']}, torch {results['torch']}, "
             f"keras {results['keras']}; {results['dtype']}; peak matmul {peak:.0f} GFLOP/s; "
             f"median of {results['rounds']} interleaved rounds of {results['steps_per_round']} "
-            "steps.",
+            "steps. Last column: the largest |logit difference| between the implementation and "
+            "zoo given its initial weights (imported into zoo), on the benchmark batch.",
             "",
             "| benchmark | mode | implementation | median ms/step | examples/s | time / zoo's "
-            "| GFLOP/s | of peak | warm-up s |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| GFLOP/s | of peak | warm-up s | logits vs zoo |",
+            "|---|---|---|---|---|---|---|---|---|---|",
             *rows,
         ]
     )

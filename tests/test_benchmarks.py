@@ -24,6 +24,10 @@ def test_compare_quick_writes_results(tmp_path):
     assert set(results["benchmarks"]) == {"cnn", "lstm", "gru"}
     for name, bench in results["benchmarks"].items():
         assert bench["flops"]["train"] > bench["flops"]["infer"] > 0, name
+        # The same math: every peer's weights, imported into zoo, give its logits.
+        differences = bench["max_logit_difference"]
+        assert set(differences) == set(bench["timings"]["train"]) - {"zoo"}, name
+        assert max(differences.values()) < 1e-4, (name, differences)
         for mode in ("train", "infer"):
             timings = bench["timings"][mode]
             assert {"zoo", "flax"} <= set(timings)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from zoo.layers.conv import ResidualBlock, activation, avg_pool, max_pool
+from zoo.layers import conv as conv_lib
+from zoo.layers.conv import Conv, ResidualBlock, activation, avg_pool, conv, max_pool
 
 
 def numpy_pool(x: np.ndarray, window: tuple[int, ...], reduce) -> np.ndarray:
@@ -46,6 +47,16 @@ def test_pool_gradients_match_finite_differences():
     check_grads(lambda v: avg_pool(v, 2), (x,), order=1, modes=["rev"])
 
 
+def test_max_pool_gradient_goes_to_the_window_maximum_and_every_tie():
+    x = np.array([[1, 4, 2, 2, 9], [3, 0, 2, 2, 9], [7, 7, 1, 5, 9]], np.float32)[None, ..., None]
+    g = np.array([[10.0, 20.0]], np.float32)[None, ..., None]  # output (1, 1, 2, 1)
+    _, pullback = jax.vjp(lambda v: max_pool(v, 2), x)
+    expected = np.zeros_like(x)
+    expected[0, 0, 1, 0] = 10.0  # the 4 of the first window
+    expected[0, :2, 2:4, 0] = 20.0  # four tied 2s; row 2 and column 4 are the dropped remainder
+    np.testing.assert_array_equal(pullback(g)[0], expected)
+
+
 def test_pool_rejects_window_larger_than_input():
     with pytest.raises(ValueError, match="larger than the spatial shape"):
         max_pool(jnp.zeros((1, 3, 3, 1)), 4)
@@ -74,3 +85,81 @@ def test_residual_block_adds_shortcut(key, in_channels, features):
     np.testing.assert_allclose(
         block.apply(zeroed, x, train=False), jax.nn.relu(shortcut), atol=1e-5
     )
+
+
+def numpy_conv(x: np.ndarray, kernel: np.ndarray, padding: str) -> np.ndarray:
+    """Loop reference: correlation of `(B, *spatial, C)` with `(*window, C, F)`, stride 1."""
+    window = kernel.shape[:-2]
+    if padding == "SAME":
+        pads = [(0, 0)] + [((w - 1) // 2, w // 2) for w in window] + [(0, 0)]
+        x = np.pad(x, pads)
+    out_shape = tuple(s - w + 1 for s, w in zip(x.shape[1:-1], window, strict=True))
+    out = np.zeros((x.shape[0], *out_shape, kernel.shape[-1]), np.float64)
+    for index in np.ndindex(*out_shape):
+        region = tuple(slice(i, i + w) for i, w in zip(index, window, strict=True))
+        patch = x[(slice(None), *region, slice(None))]  # (B, *window, C)
+        out[(slice(None), *index, slice(None))] = np.tensordot(patch, kernel, len(window) + 1)
+    return out
+
+
+@pytest.fixture(params=["patches", "lax"])
+def conv_path(request, monkeypatch):
+    """Both lowerings of `conv` on any backend: matmul over patches (CPU) and XLA's convolution."""
+    monkeypatch.setattr(conv_lib, "patch_convolution", lambda: request.param == "patches")
+    return request.param
+
+
+CONV_CASES = [
+    ((2, 9, 8, 3), (3, 3), "VALID"),
+    ((2, 9, 8, 3), (3, 2), "SAME"),
+    ((2, 10, 5), (3,), "VALID"),
+    ((2, 10, 5), (4,), "SAME"),
+    ((2, 6, 5, 4), (1, 1), "SAME"),
+]
+
+
+@pytest.mark.parametrize("shape, window, padding", CONV_CASES)
+def test_conv_matches_numpy_loop(conv_path, shape, window, padding):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape).astype(np.float32)
+    kernel = rng.normal(size=(*window, shape[-1], 6)).astype(np.float32)
+    expected = numpy_conv(x, kernel, padding)
+    np.testing.assert_allclose(conv(x, kernel, padding), expected, rtol=1e-5, atol=1e-5)
+    # The value computed when differentiating (the patch matmul on CPU) is the same.
+    value, _ = jax.vjp(lambda a, k: conv(a, k, padding), x, kernel)
+    np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
+    # Leading batch axes of any rank, as in nn.Conv.
+    stacked = conv(np.stack([x, 2 * x]), kernel, padding)
+    np.testing.assert_allclose(stacked[1], 2 * expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, window, padding", CONV_CASES)
+def test_conv_module_is_nn_conv_with_the_same_variables(conv_path, shape, window, padding):
+    x = jax.random.normal(jax.random.key(2), shape)
+    ours, flax_conv = (layer(6, window, padding=padding) for layer in (Conv, nn.Conv))
+    variables = ours.init(jax.random.key(3), x)
+    # The same names, shapes and initial values: either module's variables load into the other.
+    flax_variables = flax_conv.init(jax.random.key(3), x)
+    assert jax.tree.structure(variables) == jax.tree.structure(flax_variables)
+    jax.tree.map(np.testing.assert_array_equal, variables, flax_variables)
+    np.testing.assert_allclose(
+        ours.apply(variables, x), flax_conv.apply(variables, x), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_conv_gradients_match_finite_differences(conv_path):
+    rng = np.random.default_rng(1)
+    x, kernel = rng.normal(size=(2, 6, 5, 3)), rng.normal(size=(3, 2, 3, 4))
+    with jax.enable_x64():
+        check_grads(lambda a, k: conv(a, k, "VALID"), (x, kernel), order=1, modes=["rev"])
+        check_grads(lambda a, k: conv(a, k, "SAME"), (x, kernel), order=1, modes=["rev"])
+
+
+def test_conv_rejects_bad_shapes():
+    kernel = np.zeros((3, 3, 2, 4), np.float32)
+    with pytest.raises(ValueError, match=r"does not fit kernel \(3, 3, 2, 4\)"):
+        conv(np.zeros((1, 8, 8, 3), np.float32), kernel)
+    with pytest.raises(ValueError, match="larger than the spatial shape"):
+        conv(np.zeros((1, 2, 8, 2), np.float32), kernel)
+    with pytest.raises(ValueError, match="padding must be 'VALID' or 'SAME'"):
+        conv(np.zeros((1, 8, 8, 2), np.float32), kernel, "FULL")

@@ -1,4 +1,5 @@
-"""Parity: zoo's StackedRNN with imported weights equals torch.nn.LSTM/GRU and Keras LSTM/GRU."""
+"""Parity: zoo models with imported weights equal torch.nn.LSTM/GRU, Keras LSTM/GRU, Flax's RNN
+cells and a PyTorch CNN."""
 
 import os
 
@@ -6,7 +7,14 @@ import jax
 import numpy as np
 import pytest
 
-from zoo.layers.importers import from_keras, from_torch
+from zoo import models
+from zoo.layers.importers import (
+    conv_from_torch,
+    dense_from_torch,
+    from_flax_cell,
+    from_keras,
+    from_torch,
+)
 from zoo.layers.recurrent import StackedRNN
 
 B, T, F, H = 4, 6, 3, 5
@@ -139,3 +147,54 @@ def test_keras_importer_errors_name_the_problem():
         from_keras([[kernel, recurrent, np.zeros(15)]], "gru", reset_after=True)
     with pytest.raises(ValueError, match="expected 6 weight arrays"):
         from_keras([[kernel, recurrent, np.zeros((2, 15))]], "gru", bidirectional=True)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "optimized_lstm", "gru"])
+def test_flax_cell_matches_flax_rnn(cell):
+    import flax.linen as nn
+
+    flax_cell = {"lstm": nn.LSTMCell, "optimized_lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
+    rnn = nn.RNN(flax_cell[cell](H))
+    variables = rnn.init(jax.random.key(4), X)
+    expected = rnn.apply(variables, X)
+    cell = cell.removeprefix("optimized_")
+    layer = from_flax_cell(variables["params"]["cell"], cell)
+    outputs, _ = zoo_run({"layer_0": layer}, cell, 1, False)
+    full = LENGTHS == T  # zoo zeroes outputs past a sequence's length; Flax ran them all
+    np.testing.assert_allclose(outputs[full], expected[full], **TOLERANCE)
+
+
+def test_flax_cell_importer_names_missing_gates():
+    import flax.linen as nn
+
+    variables = nn.RNN(nn.GRUCell(H)).init(jax.random.key(4), X)
+    with pytest.raises(ValueError, match=r"Flax LSTM cell params lack \['ii', 'if', 'ig', 'io'"):
+        from_flax_cell(variables["params"]["cell"], "lstm")
+
+
+def test_seed_cnn_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(32, 64, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(64, 64, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(576, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10),
+    )  # fmt: skip
+    images = np.random.default_rng(1).normal(size=(3, 28, 28, 1)).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+    params = {
+        f"Conv_{i}": conv_from_torch(net[k].weight, net[k].bias) for i, k in enumerate([0, 3, 6])
+    }
+    params["Dense_0"] = dense_from_torch(net[9].weight, net[9].bias, flattened_from=(64, 3, 3))
+    params["Dense_1"] = dense_from_torch(net[11].weight, net[11].bias)
+    logits = models.create("cnn").apply({"params": params}, images)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_and_dense_importer_errors_name_the_problem():
+    with pytest.raises(ValueError, match=r"\(out, in, \*window\); got shape \(4, 3\)"):
+        conv_from_torch(np.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r"flattened_from \(64, 3, 3\) has 576 features"):
+        dense_from_torch(np.zeros((10, 100)), flattened_from=(64, 3, 3))

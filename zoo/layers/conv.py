@@ -1,4 +1,4 @@
-"""Pooling and residual blocks shared by the convolutional models.
+"""Convolution, pooling and residual blocks shared by the convolutional models.
 
 Pooling works on channels-last arrays with any number of spatial axes, `(B, *spatial, C)`, so the
 same function serves Conv1D `(B, T, C)` and Conv2D `(B, H, W, C)` stacks. Windows do not overlap
@@ -6,11 +6,20 @@ same function serves Conv1D `(B, T, C)` and Conv2D `(B, H, W, C)` stacks. Window
 26-wide map pools to 13 and an 11-wide map to 5, as in Keras `MaxPooling2D(2)`.
 
 Non-overlapping windows are pooled by a reshape and a reduction instead of `lax.reduce_window`:
-the result is identical, and the backward pass of a plain reduction is much cheaper than the
-select-and-scatter that `reduce_window`'s gradient lowers to.
+the result is identical, and the backward pass (one select, see `max_pool`) is much cheaper than
+the select-and-scatter that `reduce_window`'s gradient lowers to.
+
+`Conv` is `nn.Conv` for stride 1 with the same parameters. On CPU, when differentiated, it
+computes the convolution as one matmul over the input's patches (each output position's window,
+flattened), because XLA:CPU's convolution gradients, the kernel gradient above all, are much
+slower than the matmuls of the patch form; its plain value (inference) and every use on GPU and
+TPU are `lax.conv_general_dilated` (oneDNN/Eigen, cuDNN, the MXU).
 """
 
+import functools
+import itertools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -56,6 +65,12 @@ def _window_axes(num_spatial: int) -> tuple[int, ...]:
 def max_pool(x: jax.Array, window: int | Sequence[int] = 2) -> jax.Array:
     """Max pooling over non-overlapping windows.
 
+    The gradient goes to the elements equal to their window's maximum; where several are (ties,
+    such as relu's zeros) each receives the window's whole gradient, where `jnp.max` would split
+    it and PyTorch would give it to the first. As one select the seed CNN's train step took 38 ms
+    instead of 47 ms with `jnp.max`'s count-and-divide (2-core CPU); relu's zeros, the usual
+    ties, get no gradient through relu either way.
+
     Args:
       x: `(B, *spatial, C)`.
       window: window (and stride) per spatial axis, or one int for all of them.
@@ -63,8 +78,32 @@ def max_pool(x: jax.Array, window: int | Sequence[int] = 2) -> jax.Array:
     Returns:
       `(B, *(s // w for s, w in zip(spatial, window)), C)`.
     """
-    window = _as_tuple(window, x.ndim - 2)
+    return _max_pool(x, _as_tuple(window, x.ndim - 2))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
     return jnp.max(_windows(x, window), axis=_window_axes(len(window)))
+
+
+def _max_pool_fwd(x: jax.Array, window: tuple[int, ...]):
+    y = _max_pool(x, window)
+    return y, (x, y)
+
+
+def _max_pool_bwd(window: tuple[int, ...], residuals, g: jax.Array):
+    x, y = residuals
+    axes = _window_axes(len(window))
+    windows = _windows(x, window)  # (B, o1, w1, o2, w2, ..., C)
+    hit = windows == jnp.expand_dims(y, axes)
+    dx = jnp.where(hit, jnp.expand_dims(g, axes), jnp.zeros((), g.dtype))
+    used = [s // w * w for s, w in zip(x.shape[1:-1], window, strict=True)]
+    dx = dx.reshape(x.shape[0], *used, x.shape[-1])
+    remainder = [(0, 0)] + [(0, s - u) for s, u in zip(x.shape[1:-1], used, strict=True)]
+    return (jnp.pad(dx, [*remainder, (0, 0)]),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def avg_pool(x: jax.Array, window: int | Sequence[int] = 2) -> jax.Array:
@@ -80,6 +119,111 @@ def _as_tuple(window: int | Sequence[int], num_spatial: int) -> tuple[int, ...]:
     if isinstance(window, int):
         return (window,) * num_spatial
     return tuple(window)
+
+
+def patch_convolution() -> bool:
+    """Whether `conv` computes as a matmul over patches (CPU) or with XLA's convolution."""
+    return jax.default_backend() == "cpu"
+
+
+def _patches(x: jax.Array, window: Sequence[int]) -> jax.Array:
+    """`(..., *spatial, C)` -> `(..., *out, prod(window) * C)`: every 'VALID' window, flattened in
+    the order of a `(*window, C, F)` kernel reshaped to `(prod(window) * C, F)`."""
+    spatial = x.shape[-len(window) - 1 : -1]
+    out = [size - w + 1 for size, w in zip(spatial, window, strict=True)]
+    slices = [
+        x[(..., *(slice(o, o + n) for o, n in zip(offset, out, strict=True)), slice(None))]
+        for offset in itertools.product(*(range(w) for w in window))
+    ]
+    return slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
+
+
+def conv(x: jax.Array, kernel: jax.Array, padding: str = "VALID") -> jax.Array:
+    """Stride-1 convolution of channels-last `x` `(..., *spatial, C)` with `kernel`
+    `(*window, C, F)`; 'VALID' or 'SAME' padding as in `nn.Conv`."""
+    window = kernel.shape[:-2]
+    if x.ndim < len(window) + 2 or x.shape[-1] != kernel.shape[-2]:
+        raise ValueError(
+            f"conv input {x.shape} does not fit kernel {kernel.shape}: expected "
+            f"(batch, {len(window)} spatial axes, {kernel.shape[-2]} channels)"
+        )
+    if padding not in ("VALID", "SAME"):
+        raise ValueError(f"conv padding must be 'VALID' or 'SAME', got {padding!r}")
+    spatial = x.shape[-len(window) - 1 : -1]
+    if padding == "VALID" and any(s < w for s, w in zip(spatial, window, strict=True)):
+        raise ValueError(f"conv window {window} is larger than the spatial shape {spatial}")
+    if patch_convolution():
+        return _patch_gradient_conv(x, kernel, padding)
+    return _xla_conv(x, kernel, padding)
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
+    window = kernel.shape[:-2]
+    batch = x.shape[: -len(window) - 1]
+    letters = "HWD"[: len(window)]
+    y = jax.lax.conv_general_dilated(
+        x.reshape(-1, *x.shape[len(batch) :]),
+        kernel,
+        window_strides=(1,) * len(window),
+        padding=padding,
+        dimension_numbers=(f"N{letters}C", f"{letters}IO", f"N{letters}C"),
+    )
+    return y.reshape(*batch, *y.shape[1:])
+
+
+def _patch_conv(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
+    window = kernel.shape[:-2]
+    if padding == "SAME":
+        pads = [(0, 0)] * (x.ndim - len(window) - 1)
+        pads += [((w - 1) // 2, w // 2) for w in window] + [(0, 0)]
+        x = jnp.pad(x, pads)
+    return _patches(x, window) @ kernel.reshape(-1, kernel.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _patch_gradient_conv(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
+    """XLA's convolution when only the value is needed (extracting the patches costs more than
+    the convolution's forward pass); the patch matmul, and its gradient, when differentiated."""
+    return _xla_conv(x, kernel, padding)
+
+
+def _patch_gradient_conv_fwd(x: jax.Array, kernel: jax.Array, padding: str):
+    return jax.vjp(functools.partial(_patch_conv, padding=padding), x, kernel)
+
+
+def _patch_gradient_conv_bwd(padding: str, pullback, g: jax.Array):
+    return pullback(g)
+
+
+_patch_gradient_conv.defvjp(_patch_gradient_conv_fwd, _patch_gradient_conv_bwd)
+
+
+class Conv(nn.Module):
+    """`nn.Conv` with stride 1 and 'VALID' or 'SAME' padding, computed by `conv`.
+
+    Same parameters (`kernel` `(*kernel_size, in, features)`, `bias` `(features,)`), initializers
+    and dtype promotion as `nn.Conv`, so variables move between the two unchanged.
+    """
+
+    features: int
+    kernel_size: Sequence[int]
+    padding: str = "VALID"
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = nn.linear.default_kernel_init
+    bias_init: Callable = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (*self.kernel_size, x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = conv(x, kernel, self.padding)
+        return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
 
 
 class ResidualBlock(nn.Module):
@@ -102,14 +246,14 @@ class ResidualBlock(nn.Module):
         shortcut = x
         y = x
         for i in range(2):
-            y = nn.Conv(
-                self.features, self.kernel_size, padding="SAME", use_bias=not self.batch_norm
-            )(y)
+            y = Conv(self.features, self.kernel_size, padding="SAME", use_bias=not self.batch_norm)(
+                y
+            )
             if self.batch_norm:
                 y = nn.BatchNorm(use_running_average=not train, axis_name=self.batch_norm_axis)(y)
             if i == 0:
                 y = act(y)
         if shortcut.shape[-1] != self.features:
             ones = (1,) * len(self.kernel_size)
-            shortcut = nn.Conv(self.features, ones, use_bias=False, name="projection")(shortcut)
+            shortcut = Conv(self.features, ones, use_bias=False, name="projection")(shortcut)
         return act(y + shortcut)

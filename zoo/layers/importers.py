@@ -1,9 +1,16 @@
-"""Import PyTorch `nn.LSTM`/`nn.GRU` and Keras `LSTM`/`GRU` weights as `StackedRNN` params.
+"""Import PyTorch, Keras and Flax weights as zoo params.
 
-Both take plain arrays (anything `np.asarray` accepts: CPU tensors, Keras variables), so zoo never
-imports torch or keras. The results are the `params` collection of a `StackedRNN` with the same
-cell, layer count and direction(s): `{"layer_0": {...}, ...}` or `{"layer_0_forward": ...,
-"layer_0_backward": ...}`.
+Recurrent: `from_torch` (`nn.LSTM`/`nn.GRU`) and `from_keras` (`LSTM`/`GRU`) give the `params` of
+a `StackedRNN` with the same cell, layer count and direction(s): `{"layer_0": {...}, ...}` or
+`{"layer_0_forward": ..., "layer_0_backward": ...}`; `from_flax_cell` converts one Flax
+`nn.OptimizedLSTMCell` / `nn.LSTMCell` / `nn.GRUCell` to one such layer.
+
+Convolutional: `conv_from_torch` and `dense_from_torch` convert one `nn.Conv2d`/`nn.Conv1d` or
+`nn.Linear` to the params of a zoo `Conv` / `nn.Dense` (Keras' `Conv2D` and `Dense` weights are
+already in zoo's layout: `kernel (*window, in, out)`, `bias`).
+
+All take plain arrays (anything `np.asarray` accepts: CPU tensors, Keras variables), so zoo never
+imports torch or keras.
 """
 
 from collections.abc import Mapping, Sequence
@@ -113,9 +120,7 @@ def _keras_gru_gates_to_zoo(w: np.ndarray) -> np.ndarray:
 def _get(state_dict: Mapping[str, Any], key: str) -> np.ndarray:
     if key not in state_dict:
         raise ValueError(f"PyTorch state_dict lacks {key!r}; found {sorted(state_dict)}")
-    value = state_dict[key]
-    value = value.detach().cpu().numpy() if hasattr(value, "detach") else value
-    return np.asarray(value, np.float32)
+    return _array(state_dict[key])
 
 
 def _check_gates(width: int, cell: str, hidden: int, what: str) -> None:
@@ -124,3 +129,76 @@ def _check_gates(width: int, cell: str, hidden: int, what: str) -> None:
             f"{what}: {width} gate rows do not fit a {cell.upper()} of hidden size {hidden} "
             f"(expected {GATES[cell]} x {hidden}); is this the right cell type?"
         )
+
+
+def from_flax_cell(params: Mapping[str, Any], cell: str) -> dict[str, np.ndarray]:
+    """Converts the params of one Flax `nn.OptimizedLSTMCell` or `nn.LSTMCell` (`cell='lstm'`:
+    dense layers `ii, if, ig, io` on the input, `hi, hf, hg, ho` with biases on the carry) or
+    `nn.GRUCell` (`cell='gru'`: `ir, iz, in` with biases, `hr, hz`, and `hn` with a bias) to one
+    zoo layer. Flax's GRU applies the reset gate after `h U_n + b_n`: zoo's `reset_after=True`."""
+    check_cell(cell)
+    gates = ("i", "f", "g", "o") if cell == "lstm" else ("r", "z", "n")
+    missing = [f"{side}{g}" for side in "ih" for g in gates if f"{side}{g}" not in params]
+    if missing:
+        raise ValueError(
+            f"Flax {cell.upper()} cell params lack {missing}; found {sorted(params)}: "
+            f"is this the right cell type?"
+        )
+
+    def dense(name: str, part: str) -> np.ndarray:
+        layer = params[name]
+        if part == "bias" and "bias" not in layer:
+            return np.zeros(np.shape(layer["kernel"])[-1], np.float32)
+        return np.asarray(layer[part], np.float32)
+
+    def stack(side: str, part: str) -> np.ndarray:
+        return np.concatenate([dense(side + g, part) for g in gates], axis=-1)
+
+    layer = {"kernel": stack("i", "kernel"), "recurrent_kernel": stack("h", "kernel")}
+    if cell == "lstm":  # Flax's input dense layers have no bias
+        layer["bias"] = stack("i", "bias") + stack("h", "bias")
+    else:
+        layer["bias"], layer["recurrent_bias"] = stack("i", "bias"), stack("h", "bias")
+    return layer
+
+
+def conv_from_torch(weight: Any, bias: Any | None = None) -> dict[str, np.ndarray]:
+    """PyTorch `nn.Conv1d`/`nn.Conv2d` weights `(out, in, *window)` (and bias) as the params of a
+    zoo `Conv` (or `nn.Conv`): `kernel (*window, in, out)`."""
+    weight = _array(weight)
+    if weight.ndim < 3:
+        raise ValueError(f"a PyTorch conv weight is (out, in, *window); got shape {weight.shape}")
+    params = {"kernel": np.moveaxis(weight, (0, 1), (-1, -2))}
+    if bias is not None:
+        params["bias"] = _array(bias)
+    return params
+
+
+def dense_from_torch(
+    weight: Any, bias: Any | None = None, *, flattened_from: Sequence[int] | None = None
+) -> dict[str, np.ndarray]:
+    """PyTorch `nn.Linear` weights `(out, in)` (and bias) as `nn.Dense` params: `kernel (in, out)`.
+
+    `flattened_from=(C, *spatial)`: the layer reads a channels-first feature map flattened by
+    PyTorch (`nn.Flatten` of NCHW), while zoo flattens channels-last maps; its input rows are
+    reordered to match."""
+    weight = _array(weight)
+    kernel = weight.T
+    if flattened_from is not None:
+        channels, *spatial = flattened_from
+        if channels * int(np.prod(spatial)) != kernel.shape[0]:
+            raise ValueError(
+                f"flattened_from {tuple(flattened_from)} has {channels * int(np.prod(spatial))} "
+                f"features; the Linear weight {weight.shape} takes {kernel.shape[0]}"
+            )
+        rows = kernel.reshape(channels, *spatial, -1)
+        kernel = np.moveaxis(rows, 0, -2).reshape(kernel.shape)
+    params = {"kernel": kernel}
+    if bias is not None:
+        params["bias"] = _array(bias)
+    return params
+
+
+def _array(value: Any) -> np.ndarray:
+    value = value.detach().cpu().numpy() if hasattr(value, "detach") else value
+    return np.asarray(value, np.float32)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from zoo.layers.conv import ACTIVATIONS, POOLS, ResidualBlock, activation, max_pool
+from zoo.layers.conv import ACTIVATIONS, POOLS, Conv, ResidualBlock, activation, max_pool
 from zoo.models.inputs import batch_shape, check_input
 
 
@@ -46,11 +46,11 @@ class SeedCNN(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         del train  # no dropout or batch norm; kept so every model has one call signature
         h = check_input(x, self.input_shape, "cnn")  # (B, 28, 28, 1)
-        h = nn.relu(nn.Conv(32, (3, 3), padding="VALID")(h))  # (B, 26, 26, 32)
+        h = nn.relu(Conv(32, (3, 3), padding="VALID")(h))  # (B, 26, 26, 32)
         h = max_pool(h, 2)  # (B, 13, 13, 32)
-        h = nn.relu(nn.Conv(64, (3, 3), padding="VALID")(h))  # (B, 11, 11, 64)
+        h = nn.relu(Conv(64, (3, 3), padding="VALID")(h))  # (B, 11, 11, 64)
         h = max_pool(h, 2)  # (B, 5, 5, 64)
-        h = nn.relu(nn.Conv(64, (3, 3), padding="VALID")(h))  # (B, 3, 3, 64)
+        h = nn.relu(Conv(64, (3, 3), padding="VALID")(h))  # (B, 3, 3, 64)
         h = h.reshape(h.shape[0], -1)  # (B, 576)
         h = nn.relu(nn.Dense(64)(h))
         logits = nn.Dense(self.num_classes)(h)  # (B, classes)
@@ -125,7 +125,7 @@ class ConvNet(nn.Module):
                     features, kernel, self.activation, self.batch_norm, self.batch_norm_axis
                 )(h, train=train)
             else:
-                h = nn.Conv(features, kernel, padding="SAME", use_bias=not self.batch_norm)(h)
+                h = Conv(features, kernel, padding="SAME", use_bias=not self.batch_norm)(h)
                 if self.batch_norm:
                     h = nn.BatchNorm(use_running_average=not train, axis_name=self.batch_norm_axis)(
                         h

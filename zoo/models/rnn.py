@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zoo.layers.conv import max_pool
+from zoo.layers.conv import Conv, max_pool
 from zoo.layers.recurrent import StackedRNN, check_cell
 from zoo.models.inputs import batch_shape, check_input
 
@@ -207,7 +207,7 @@ class CNNLSTM(nn.Module):
         n, steps = frames.shape[:2]
         h = frames.reshape(n * steps, *frames.shape[2:])  # (B*T, H, W, C): one CNN pass
         for features in self.features:
-            h = nn.relu(nn.Conv(features, (3, 3), padding="SAME")(h))
+            h = nn.relu(Conv(features, (3, 3), padding="SAME")(h))
             h = max_pool(h, 2) if min(h.shape[1:3]) >= 2 else h
         h = nn.relu(nn.Dense(self.embed_dim)(h.reshape(n, steps, -1)))  # (B, T, E)
         rnn = StackedRNN(
