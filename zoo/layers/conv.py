@@ -5,9 +5,9 @@ same function serves Conv1D `(B, T, C)` and Conv2D `(B, H, W, C)` stacks. Window
 (stride == window, Keras' default) and a trailing remainder is dropped ('VALID' padding), so a
 26-wide map pools to 13 and an 11-wide map to 5, as in Keras `MaxPooling2D(2)`.
 
-Non-overlapping windows are pooled by a reshape and a reduction instead of `lax.reduce_window`:
-the result is identical, and the backward pass (one select, see `max_pool`) is much cheaper than
-the select-and-scatter that `reduce_window`'s gradient lowers to.
+Max pooling's value is `lax.reduce_window`'s, but its backward pass is one select over the
+windows (see `max_pool`), much cheaper than the select-and-scatter that `reduce_window`'s own
+gradient lowers to. Average pooling is a reshape and a mean.
 
 `Conv` is `nn.Conv` for stride 1 with the same parameters. On CPU, when differentiated, it
 computes the convolution as one matmul over the input's patches (each output position's window,
@@ -42,14 +42,20 @@ def activation(name: str) -> Activation:
     return ACTIVATIONS[name]
 
 
-def _windows(x: jax.Array, window: Sequence[int]) -> jax.Array:
-    """Splits each spatial axis of `(B, *spatial, C)` into `(out, window)` pairs."""
+def _pooled_shape(x: jax.Array, window: Sequence[int]) -> list[int]:
+    """The pooled spatial shape of `(B, *spatial, C)`, or a clear error."""
     spatial = x.shape[1:-1]
     if len(window) != len(spatial):
         raise ValueError(f"pool window {tuple(window)} does not match spatial shape {spatial}")
     out = [size // w for size, w in zip(spatial, window, strict=True)]
     if min(out) < 1:
         raise ValueError(f"pool window {tuple(window)} is larger than the spatial shape {spatial}")
+    return out
+
+
+def _windows(x: jax.Array, window: Sequence[int]) -> jax.Array:
+    """Splits each spatial axis of `(B, *spatial, C)` into `(out, window)` pairs."""
+    out = _pooled_shape(x, window)
     crop = (slice(None),) + tuple(slice(0, o * w) for o, w in zip(out, window, strict=True))
     x = x[crop + (slice(None),)]
     split = [x.shape[0]]
@@ -83,7 +89,10 @@ def max_pool(x: jax.Array, window: int | Sequence[int] = 2) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max_pool(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
-    return jnp.max(_windows(x, window), axis=_window_axes(len(window)))
+    _pooled_shape(x, window)
+    dims = (1, *window, 1)
+    lowest = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+    return jax.lax.reduce_window(x, jnp.asarray(lowest, x.dtype), jax.lax.max, dims, dims, "VALID")
 
 
 def _max_pool_fwd(x: jax.Array, window: tuple[int, ...]):
