@@ -14,14 +14,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_compare_quick_writes_results(tmp_path):
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "compare.py"), "--quick", "--out",
-         str(tmp_path)],
+        [sys.executable, os.path.join(ROOT, "benchmarks", "compare.py"), "--quick", "--only",
+         "cnn,gru", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["peak_gflops"] > 0
-    assert set(results["benchmarks"]) == {"cnn", "lstm", "gru"}
+    assert set(results["benchmarks"]) == {"cnn", "gru"}  # the LSTM takes the GRU's code path
     for name, bench in results["benchmarks"].items():
         assert bench["flops"]["train"] > bench["flops"]["infer"] > 0, name
         # The same math: every peer's weights, imported into zoo, give its logits.
