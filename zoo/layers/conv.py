@@ -16,7 +16,6 @@ slower than the matmuls of the patch form; its plain value (inference) and every
 TPU are `lax.conv_general_dilated` (oneDNN/Eigen, cuDNN, the MXU).
 """
 
-import functools
 import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -87,9 +86,7 @@ def max_pool(x: jax.Array, window: int | Sequence[int] = 2) -> jax.Array:
     return _max_pool(x, _as_tuple(window, x.ndim - 2))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _max_pool(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
-    """`reduce_window` for the value, `_reshape_max_pool` for the gradient."""
+def _reduce_window_max_pool(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
     _pooled_shape(x, window)
     dims = (1, *window, 1)
     lowest = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
@@ -100,15 +97,23 @@ def _reshape_max_pool(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
     return jnp.max(_windows(x, window), axis=_window_axes(len(window)))
 
 
-def _max_pool_fwd(x: jax.Array, window: tuple[int, ...]):
-    return jax.vjp(functools.partial(_reshape_max_pool, window=window), x)
+def _value_with_gradient_of(value: Callable, differentiated: Callable, num_arrays: int) -> Callable:
+    """`value(*arrays, option)` whose gradient is `differentiated`'s (the same function computed
+    another way): the faster form for each. `option` is static (a window, a padding)."""
+
+    def fwd(*args):
+        *arrays, option = args
+        return jax.vjp(lambda *a: differentiated(*a, option), *arrays)
+
+    def bwd(option, pullback, g):
+        return pullback(g)
+
+    function = jax.custom_vjp(value, nondiff_argnums=(num_arrays,))
+    function.defvjp(fwd, bwd)
+    return function
 
 
-def _max_pool_bwd(window: tuple[int, ...], pullback, g: jax.Array):
-    return pullback(g)
-
-
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool = _value_with_gradient_of(_reduce_window_max_pool, _reshape_max_pool, 1)
 
 
 def avg_pool(x: jax.Array, window: int | Sequence[int] = 2) -> jax.Array:
@@ -185,22 +190,9 @@ def _patch_conv(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
     return _patches(x, window) @ kernel.reshape(-1, kernel.shape[-1])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _patch_gradient_conv(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
-    """XLA's convolution when only the value is needed (extracting the patches costs more than
-    the convolution's forward pass); the patch matmul, and its gradient, when differentiated."""
-    return _xla_conv(x, kernel, padding)
-
-
-def _patch_gradient_conv_fwd(x: jax.Array, kernel: jax.Array, padding: str):
-    return jax.vjp(functools.partial(_patch_conv, padding=padding), x, kernel)
-
-
-def _patch_gradient_conv_bwd(padding: str, pullback, g: jax.Array):
-    return pullback(g)
-
-
-_patch_gradient_conv.defvjp(_patch_gradient_conv_fwd, _patch_gradient_conv_bwd)
+# XLA's convolution when only the value is needed (extracting the patches costs more than the
+# convolution's forward pass); the patch matmul, and its gradient, when differentiated.
+_patch_gradient_conv = _value_with_gradient_of(_xla_conv, _patch_conv, 2)
 
 
 class Conv(nn.Module):
