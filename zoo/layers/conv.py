@@ -9,13 +9,14 @@ Max pooling's value is `lax.reduce_window`'s, but its gradient is that of a resh
 over the windows, much cheaper than the select-and-scatter that `reduce_window`'s own gradient
 lowers to. Average pooling is a reshape and a mean.
 
-`Conv` is `nn.Conv` for stride 1 with the same parameters. On CPU, when differentiated, it
-computes the convolution as one matmul over the input's patches (each output position's window,
-flattened), because XLA:CPU's convolution gradients, the kernel gradient above all, are much
-slower than the matmuls of the patch form; its plain value (inference) and every use on GPU and
-TPU are `lax.conv_general_dilated` (oneDNN/Eigen, cuDNN, the MXU).
+`Conv` is `nn.Conv` for stride 1 with the same parameters. Its value is
+`lax.conv_general_dilated` (cuDNN, the MXU, XLA:CPU's kernels). On CPU its gradient is written by
+hand: XLA:CPU's kernel gradient (a convolution over the batch) is slow, so the forward pass keeps
+the input's patches (each output position's window, flattened) and the kernel gradient is one
+matmul of them with the output gradient; the input gradient stays XLA's own convolution.
 """
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -138,14 +139,23 @@ def patch_convolution() -> bool:
 
 def _patches(x: jax.Array, window: Sequence[int]) -> jax.Array:
     """`(..., *spatial, C)` -> `(..., *out, prod(window) * C)`: every 'VALID' window, flattened in
-    the order of a `(*window, C, F)` kernel reshaped to `(prod(window) * C, F)`."""
-    spatial = x.shape[-len(window) - 1 : -1]
+    the order of a `(*window, C, F)` kernel reshaped to `(prod(window) * C, F)`.
+
+    Built as a sum of zero-padded slices, which XLA fuses into one pass over the output; a
+    concatenate of the slices copies each slice first (3x slower for the seed CNN's second conv).
+    """
+    spatial, channels = x.shape[-len(window) - 1 : -1], x.shape[-1]
     out = [size - w + 1 for size, w in zip(spatial, window, strict=True)]
-    slices = [
-        x[(..., *(slice(o, o + n) for o, n in zip(offset, out, strict=True)), slice(None))]
-        for offset in itertools.product(*(range(w) for w in window))
-    ]
-    return slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
+    offsets = list(itertools.product(*(range(w) for w in window)))
+    unpadded = [(0, 0)] * (x.ndim - 1)
+    terms = []
+    for n, offset in enumerate(offsets):
+        piece = x[
+            (..., *(slice(o, o + size) for o, size in zip(offset, out, strict=True)), slice(None))
+        ]
+        channel_pad = (n * channels, (len(offsets) - 1 - n) * channels)
+        terms.append(jnp.pad(piece, unpadded + [channel_pad]) if len(offsets) > 1 else piece)
+    return functools.reduce(jnp.add, terms)
 
 
 def conv(x: jax.Array, kernel: jax.Array, padding: str = "VALID") -> jax.Array:
@@ -163,7 +173,7 @@ def conv(x: jax.Array, kernel: jax.Array, padding: str = "VALID") -> jax.Array:
     if padding == "VALID" and any(s < w for s, w in zip(spatial, window, strict=True)):
         raise ValueError(f"conv window {window} is larger than the spatial shape {spatial}")
     if patch_convolution():
-        return _patch_gradient_conv(x, kernel, padding)
+        return _patch_conv(x, kernel, padding)
     return _xla_conv(x, kernel, padding)
 
 
@@ -181,18 +191,46 @@ def _xla_conv(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
     return y.reshape(*batch, *y.shape[1:])
 
 
+def _same_padding(x: jax.Array, window: Sequence[int]) -> list[tuple[int, int]]:
+    return (
+        [(0, 0)] * (x.ndim - len(window) - 1) + [((w - 1) // 2, w // 2) for w in window] + [(0, 0)]
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _patch_conv(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
+    """XLA's convolution, with a gradient for XLA:CPU: the kernel gradient, a convolution XLA:CPU
+    runs slowly, is one matmul of the output gradient with the input's patches instead."""
+    return _xla_conv(x, kernel, padding)
+
+
+def _patch_conv_fwd(x, kernel, padding):
     window = kernel.shape[:-2]
-    if padding == "SAME":
-        pads = [(0, 0)] * (x.ndim - len(window) - 1)
-        pads += [((w - 1) // 2, w // 2) for w in window] + [(0, 0)]
-        x = jnp.pad(x, pads)
-    return _patches(x, window) @ kernel.reshape(-1, kernel.shape[-1])
+    padded = jnp.pad(x, _same_padding(x, window)) if padding == "SAME" else x
+    patches = _patches(padded, window)  # (..., *out, K), K = prod(window) * C
+    y = patches @ kernel.reshape(-1, kernel.shape[-1])  # the patches are needed anyway
+    return y, (patches, kernel)
 
 
-# XLA's convolution when only the value is needed (extracting the patches costs more than the
-# convolution's forward pass); the patch matmul, and its gradient, when differentiated.
-_patch_gradient_conv = _value_with_gradient_of(_xla_conv, _patch_conv, 2)
+def _patch_conv_bwd(padding, residuals, dy):
+    patches, kernel = residuals
+    window, features = kernel.shape[:-2], kernel.shape[-1]
+    # dy^T @ patches as a plain (F, N) @ (N, K) matmul: the barriers keep XLA from folding the
+    # transposes into a dot contracting both operands' first axis, which XLA:CPU runs on a slow
+    # generic path (3x slower here).
+    dy_t = jax.lax.optimization_barrier(dy.reshape(-1, features).T)
+    rows = patches.reshape(-1, patches.shape[-1])  # (N, K)
+    d_kernel = jax.lax.optimization_barrier(dy_t @ rows).T.reshape(kernel.shape)
+    # The input gradient is XLA's own (a convolution of dy with the flipped kernel): faster
+    # than the patch form's matmul and scatter back onto the input.
+    out = dy.shape[-len(window) - 1 : -1]
+    spatial = out if padding == "SAME" else [o + w - 1 for o, w in zip(out, window, strict=True)]
+    x = jax.ShapeDtypeStruct((*dy.shape[: -len(window) - 1], *spatial, kernel.shape[-2]), dy.dtype)
+    (dx,) = jax.linear_transpose(lambda x: _xla_conv(x, kernel, padding), x)(dy)
+    return dx, d_kernel
+
+
+_patch_conv.defvjp(_patch_conv_fwd, _patch_conv_bwd)
 
 
 class Conv(nn.Module):
