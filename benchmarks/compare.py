@@ -33,7 +33,7 @@ import optax
 
 from zoo import models
 from zoo.layers.importers import (
-    conv_from_torch,
+    cnn_from_torch,
     dense_from_torch,
     from_flax_cell,
     from_keras,
@@ -194,12 +194,7 @@ def torch_steps(bench: Benchmark, x: np.ndarray, y: np.ndarray, dtype: str) -> d
             torch.nn.Linear(576, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10),
         )  # fmt: skip
         inputs = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # NCHW
-        convs = [net[k] for k in (0, 3, 6)]
-        zoo_params = {f"Conv_{i}": conv_from_torch(c.weight, c.bias) for i, c in enumerate(convs)}
-        zoo_params["Dense_0"] = dense_from_torch(
-            net[9].weight, net[9].bias, flattened_from=(64, 3, 3)
-        )
-        zoo_params["Dense_1"] = dense_from_torch(net[11].weight, net[11].bias)
+        zoo_params = cnn_from_torch(net.state_dict(), bench.shape)
     else:
         rnn_class = torch.nn.LSTM if bench.kind == "lstm" else torch.nn.GRU
         rnn = rnn_class(x.shape[-1], bench.hidden, num_layers=2, batch_first=True)

@@ -9,6 +9,7 @@ import pytest
 
 from zoo import models
 from zoo.layers.importers import (
+    cnn_from_torch,
     conv_from_torch,
     dense_from_torch,
     from_flax_cell,
@@ -184,12 +185,7 @@ def test_seed_cnn_matches_pytorch():
     images = np.random.default_rng(1).normal(size=(3, 28, 28, 1)).astype(np.float32)
     with torch.no_grad():
         expected = net(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
-    params = {
-        f"Conv_{i}": conv_from_torch(net[k].weight, net[k].bias) for i, k in enumerate([0, 3, 6])
-    }
-    params["Dense_0"] = dense_from_torch(net[9].weight, net[9].bias, flattened_from=(64, 3, 3))
-    params["Dense_1"] = dense_from_torch(net[11].weight, net[11].bias)
-    logits = models.create("cnn").apply({"params": params}, images)
+    logits = models.create("cnn").apply({"params": cnn_from_torch(net.state_dict())}, images)
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -198,3 +194,5 @@ def test_conv_and_dense_importer_errors_name_the_problem():
         conv_from_torch(np.zeros((4, 3)))
     with pytest.raises(ValueError, match=r"flattened_from \(64, 3, 3\) has 576 features"):
         dense_from_torch(np.zeros((10, 100)), flattened_from=(64, 3, 3))
+    with pytest.raises(ValueError, match=r"three Conv2d then two Linear .* shapes \[\(4, 3\)\]"):
+        cnn_from_torch({"fc.weight": np.zeros((4, 3))})

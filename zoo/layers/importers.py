@@ -7,7 +7,8 @@ a `StackedRNN` with the same cell, layer count and direction(s): `{"layer_0": {.
 
 Convolutional: `conv_from_torch` and `dense_from_torch` convert one `nn.Conv2d`/`nn.Conv1d` or
 `nn.Linear` to the params of a zoo `Conv` / `nn.Dense` (Keras' `Conv2D` and `Dense` weights are
-already in zoo's layout: `kernel (*window, in, out)`, `bias`).
+already in zoo's layout: `kernel (*window, in, out)`, `bias`); `cnn_from_torch` converts a whole
+PyTorch seed CNN (`zoo.models.create("cnn")`'s layers) with them.
 
 All take plain arrays (anything `np.asarray` accepts: CPU tensors, Keras variables), so zoo never
 imports torch or keras.
@@ -196,6 +197,32 @@ def dense_from_torch(
     params = {"kernel": kernel}
     if bias is not None:
         params["bias"] = _array(bias)
+    return params
+
+
+def cnn_from_torch(
+    state_dict: Mapping[str, Any], input_shape: Sequence[int] = (28, 28, 1)
+) -> dict[str, dict[str, np.ndarray]]:
+    """The `params` of `zoo.models.create("cnn", input_shape=...)` from the `state_dict` of the
+    same network in PyTorch: three `nn.Conv2d` then two `nn.Linear` (after `nn.Flatten` of NCHW
+    maps), taken in the state dict's order whatever their names."""
+    weights = [(key, value) for key, value in state_dict.items() if key.endswith("weight")]
+    shapes = [tuple(_array(value).shape) for _, value in weights]
+    if [len(shape) for shape in shapes] != [4, 4, 4, 2, 2]:
+        raise ValueError(
+            "the seed CNN has three Conv2d then two Linear layers (weights of rank 4, 4, 4, 2, 2); "
+            f"the state dict's weights have shapes {shapes}"
+        )
+    spatial = [(size - 2) // 2 for size in input_shape[:2]]  # conv 3x3, pool 2
+    spatial = [(size - 2) // 2 - 2 for size in spatial]  # conv, pool, conv
+    layers = []
+    for key, _ in weights:
+        bias = state_dict.get(key[: -len("weight")] + "bias")
+        layers.append((state_dict[key], bias))
+    params = {f"Conv_{i}": conv_from_torch(*layers[i]) for i in range(3)}
+    channels = shapes[2][0]
+    params["Dense_0"] = dense_from_torch(*layers[3], flattened_from=(channels, *spatial))
+    params["Dense_1"] = dense_from_torch(*layers[4])
     return params
 
 
