@@ -160,7 +160,9 @@ def test_padded_batch_matches_each_sequence_alone(cell, bidirectional):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_gradients_through_scan_match_finite_differences(cell):
+@pytest.mark.parametrize("hoist", [False, True], ids=["project-per-step", "project-before-scan"])
+def test_gradients_through_scan_match_finite_differences(monkeypatch, cell, hoist):
+    monkeypatch.setattr(recurrent, "hoist_input_projection", lambda: hoist)
     model = StackedRNN(cell, (H,), return_sequences=True)
     x = jax.random.normal(jax.random.key(7), (2, 4, 3))
     lengths = jnp.array([4, 2])

@@ -211,6 +211,23 @@ def _projecting(step: Callable) -> Callable:
     return projecting_step
 
 
+def _over_gate_pieces(step: Callable, params: CellParams, gates: int) -> tuple[Callable, Any]:
+    """`step` taking each weight as its `gates` per-gate pieces, and those pieces of `params`.
+
+    The scan then closes over the pieces and joins them inside each step; the values are the same.
+    On XLA:CPU this makes the backward pass accumulate small per-gate weight gradients that fuse
+    with the gate slicing, instead of adding each step's whole `(H, G*H)` gradient in a separate
+    add split over threads (a thread-pool round trip per timestep): LSTM(128) train step 23.6 ->
+    20.7 ms, GRU 18.9 -> 17.7 ms on a 2-core CPU, larger and inference steps unchanged.
+    """
+    pieces = {name: jnp.split(value, gates, axis=-1) for name, value in params.items()}
+
+    def joined_step(pieces: dict[str, list[jax.Array]], carry: Carry, x: jax.Array):
+        return step({name: jnp.concatenate(p, axis=-1) for name, p in pieces.items()}, carry, x)
+
+    return joined_step, pieces
+
+
 def _lstm_bias_init(key, shape, dtype=jnp.float32):
     hidden = shape[0] // 4
     return jnp.zeros(shape, dtype).at[hidden : 2 * hidden].set(1.0)  # forget gate starts open
@@ -281,11 +298,12 @@ class Recurrent(nn.Module):
         else:
             step = functools.partial(gru_step, reset_after=self.reset_after, h_mask=h_mask)
         if hoist_input_projection():
-            inputs, recurrent_step = project(x, params["kernel"], params["bias"]), step
+            inputs, scanned = project(x, params["kernel"], params["bias"]), params
         else:
-            inputs, recurrent_step = x, _projecting(step)
+            inputs, step = x, _projecting(step)
+            step, scanned = _over_gate_pieces(step, params, GATES[self.cell])
         return scan_steps(
-            recurrent_step, params, carry, inputs, mask, reverse=self.reverse, unroll=self.unroll
+            step, scanned, carry, inputs, mask, reverse=self.reverse, unroll=self.unroll
         )
 
 
