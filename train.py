@@ -13,6 +13,7 @@ import sys
 import jax
 
 from zoo import data, models
+from zoo.runtime import reuse_freed_memory
 from zoo.training import ConfigError, TrainConfig, train_and_evaluate
 from zoo.training.checkpoint import CHECKPOINTS, CheckpointError, saved_config
 from zoo.training.config import AUGMENTATIONS, MONITORS, OPTIMIZERS, REGULARIZE, SCHEDULES
@@ -274,6 +275,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    reuse_freed_memory()  # XLA:CPU's per-step buffers stop costing page faults (zoo.runtime)
     if args.debug_nans:
         jax.config.update("jax_debug_nans", True)
     try:

@@ -39,6 +39,7 @@ from zoo.layers.importers import (
     from_keras,
     from_torch,
 )
+from zoo.runtime import reuse_freed_memory
 
 Step = Callable[[], None]  # runs one step and blocks until it is done
 
@@ -396,7 +397,12 @@ def table(results: dict) -> str:
         [
             f"Machine: {results['machine']}; jax {results['jax']}, torch {results['torch']}, "
             f"keras {results['keras']}; {results['dtype']}; peak matmul {peak:.0f} GFLOP/s; "
-            f"median of {results['rounds']} interleaved rounds of {results['steps_per_round']} "
+            + (
+                "freed memory reused (zoo.runtime) for all; "
+                if results.get("freed_memory_reused")
+                else ""
+            )
+            + f"median of {results['rounds']} interleaved rounds of {results['steps_per_round']} "
             "steps. Last column: the largest |logit difference| between the implementation and "
             "zoo given its initial weights (imported into zoo), on the benchmark batch.",
             "",
@@ -452,7 +458,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
     parser.add_argument("--steps-per-round", type=int, default=10)
     parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
+    parser.add_argument(
+        "--plain-malloc",
+        action="store_true",
+        help="leave glibc's defaults (by default freed memory is reused: zoo.runtime)",
+    )
     args = parser.parse_args()
+    # Process-wide, so every implementation measured here gets the same allocator.
+    reused = not args.plain_malloc and reuse_freed_memory()
     names = args.only.split(",") if args.only else list(QUICK if args.quick else BENCHMARKS)
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
@@ -466,6 +479,7 @@ def main() -> None:
         "torch": peers.get("pytorch"),
         "keras": peers.get("keras"),
         "dtype": args.dtype,
+        "freed_memory_reused": reused,
         "peak_gflops": peak_matmul_gflops(jnp.dtype(args.dtype)),
         "rounds": rounds,
         "steps_per_round": per_round,
