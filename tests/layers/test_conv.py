@@ -59,6 +59,31 @@ def test_max_pool_gradient_goes_to_the_window_maximum_split_between_ties():
     np.testing.assert_array_equal(pullback(g)[0], expected)
 
 
+@pytest.mark.parametrize(
+    "shape, window",
+    [
+        ((2, 7, 3), (2,)),
+        ((2, 11, 9, 3), (2, 3)),
+        ((2, 5, 4, 6, 3), (2, 2, 3)),
+        ((1, 4, 4, 2), (4, 1)),
+    ],
+)
+def test_max_pool_gradient_is_that_of_jnp_max_over_the_windows(shape, window):
+    # Rounded values make ties common, as on images' flat backgrounds.
+    x = jnp.round(jax.random.normal(jax.random.key(3), shape))
+    out = [s // w for s, w in zip(shape[1:-1], window, strict=True)]
+
+    def reference(v):  # crop the remainder, split each axis into (out, window), max over windows
+        v = v[(slice(None), *(slice(0, o * w) for o, w in zip(out, window, strict=True)))]
+        split = [a for o, w in zip(out, window, strict=True) for a in (o, w)]
+        v = v.reshape(shape[0], *split, shape[-1])
+        return jnp.max(v, axis=tuple(range(2, 2 + 2 * len(window), 2)))
+
+    g = jax.random.normal(jax.random.key(4), (shape[0], *out, shape[-1]))
+    expected = jax.vjp(reference, x)[1](g)[0]
+    np.testing.assert_allclose(jax.vjp(lambda v: max_pool(v, window), x)[1](g)[0], expected)
+
+
 def test_pool_rejects_window_larger_than_input():
     with pytest.raises(ValueError, match="larger than the spatial shape"):
         max_pool(jnp.zeros((1, 3, 3, 1)), 4)

@@ -44,6 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo.layers.matmul import matmul_tn
+
 CellParams = dict[str, jax.Array]
 Carry = Any  # LSTMState for LSTM, an (B, H) array for GRU
 
@@ -346,8 +348,8 @@ def _scan_cell_bwd(cell, reverse, unroll, residuals, cotangents):
     d_projected, d_recurrent = jax.linear_transpose(cell.gates, projected, projected)(d_gates)
     h_in = _hidden(carries) if h_mask is None else _hidden(carries) * h_mask[None]
     d_params = {
-        "kernel": _matmul_tn(xs, d_projected),
-        "recurrent_kernel": _matmul_tn(h_in, d_recurrent),
+        "kernel": matmul_tn(xs, d_projected),
+        "recurrent_kernel": matmul_tn(h_in, d_recurrent),
         "bias": d_projected.sum(axis=(0, 1)),
     }
     if "recurrent_bias" in params:
@@ -356,14 +358,6 @@ def _scan_cell_bwd(cell, reverse, unroll, residuals, cotangents):
 
 
 _scan_cell.defvjp(_scan_cell_fwd, _scan_cell_bwd)
-
-
-def _matmul_tn(a: jax.Array, b: jax.Array) -> jax.Array:
-    """`a.T @ b` summed over all leading axes of `a (..., M)` and `b (..., N)`. The transpose is
-    materialized: XLA:CPU sends a dot contracting both operands' first axis to a slow generic
-    kernel."""
-    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
-    return jax.lax.optimization_barrier(a.T) @ b
 
 
 def _lstm_bias_init(key, shape, dtype=jnp.float32):
