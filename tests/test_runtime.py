@@ -9,29 +9,39 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Allocates, writes and frees 64 MiB five times through malloc itself, as XLA:CPU does with a
-# step's temporary buffer, and prints the minor page faults that cost.
+# Allocates, writes and frees 80 MiB five times through malloc itself, as XLA:CPU does with a
+# step's temporary buffer, on the main thread or another one, and prints the minor page faults
+# that cost.
 ALLOCATE = """
-import ctypes, ctypes.util, resource, sys
+import ctypes, ctypes.util, resource, sys, threading
 from zoo.runtime import reuse_freed_memory
 if sys.argv[1] == "reuse":
     assert reuse_freed_memory()
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
-size = 64 << 20
+size = 80 << 20
+
+def rounds():
+    for _ in range(5):
+        block = libc.malloc(size)
+        ctypes.memset(block, 1, size)
+        libc.free(block)
+
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
-    block = libc.malloc(size)
-    ctypes.memset(block, 1, size)
-    libc.free(block)
+if sys.argv[2] == "thread":
+    worker = threading.Thread(target=rounds)
+    worker.start()
+    worker.join()
+else:
+    rounds()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 """
 
 
-def page_faults(mode: str) -> int:
+def page_faults(mode: str, thread: str) -> int:
     out = subprocess.run(
-        [sys.executable, "-c", ALLOCATE, mode],
+        [sys.executable, "-c", ALLOCATE, mode, thread],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -41,9 +51,10 @@ def page_faults(mode: str) -> int:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
-def test_reuse_freed_memory_stops_repeated_page_faults():
-    pages = (64 << 20) // os.sysconf("SC_PAGE_SIZE")
-    plain, reused = page_faults("plain"), page_faults("reuse")
+@pytest.mark.parametrize("thread", ["main", "thread"])
+def test_reuse_freed_memory_stops_repeated_page_faults(thread):
+    pages = (80 << 20) // os.sysconf("SC_PAGE_SIZE")
+    plain, reused = page_faults("plain", thread), page_faults("reuse", thread)
     assert plain >= 4 * pages  # each round maps, faults in and unmaps the block again
     assert reused <= 1.5 * pages  # only the first round faults its pages in
 
