@@ -174,9 +174,18 @@ def test_conv_module_is_nn_conv_with_the_same_variables(conv_path, shape, window
     )
 
 
-def test_conv_gradients_match_finite_differences(conv_path):
+@pytest.mark.parametrize(
+    "x_shape, kernel_shape",
+    [
+        ((2, 6, 5, 3), (3, 2, 3, 4)),  # patches wider than the output: kept from the forward pass
+        ((2, 6, 5, 1), (3, 3, 1, 12)),  # narrower (a first layer): rebuilt, transposed
+        ((2, 7, 2), (2, 2, 8)),  # narrow, 1-D, two channels
+        ((2, 2, 5, 4, 2), (2, 2, 2, 8)),  # narrow, an extra leading batch axis
+    ],
+)
+def test_conv_gradients_match_finite_differences(conv_path, x_shape, kernel_shape):
     rng = np.random.default_rng(1)
-    x, kernel = rng.normal(size=(2, 6, 5, 3)), rng.normal(size=(3, 2, 3, 4))
+    x, kernel = rng.normal(size=x_shape), rng.normal(size=kernel_shape)
     with jax.enable_x64():
         check_grads(lambda a, k: conv(a, k, "VALID"), (x, kernel), order=1, modes=["rev"])
         check_grads(lambda a, k: conv(a, k, "SAME"), (x, kernel), order=1, modes=["rev"])

@@ -11,13 +11,17 @@ reshape and a mean.
 
 `Conv` is `nn.Conv` for stride 1 with the same parameters. Its value is
 `lax.conv_general_dilated` (cuDNN, the MXU, XLA:CPU's kernels). On CPU its gradient is written by
-hand: XLA:CPU's kernel gradient (a convolution over the batch) is slow, so the forward pass keeps
-the input's patches (each output position's window, flattened) and the kernel gradient is one
-matmul of them with the output gradient; the input gradient stays XLA's own convolution.
+hand: XLA:CPU's kernel gradient (a convolution over the batch) is slow, so the kernel gradient is
+one matmul of the input's patches (each output position's window, flattened) with the output
+gradient. Where a patch is wider than an output position, the forward pass computes the output
+as the patches' matmul and keeps them; where it is narrower (a first layer on one channel), the
+forward pass is XLA's convolution and the backward pass rebuilds the patches, transposed, from
+the smaller input. The input gradient stays XLA's own convolution.
 """
 
 import functools
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -173,6 +177,19 @@ def _patches(x: jax.Array, window: Sequence[int]) -> jax.Array:
     return functools.reduce(jnp.add, terms)
 
 
+def _transposed_patches(x: jax.Array, window: Sequence[int]) -> jax.Array:
+    """`_patches(x, window)` flattened to `(N, K)` and transposed: `(K, N)`, built directly."""
+    spatial, channels = x.shape[-len(window) - 1 : -1], x.shape[-1]
+    out = [size - w + 1 for size, w in zip(spatial, window, strict=True)]
+    rows = []
+    for offset in itertools.product(*(range(w) for w in window)):
+        piece = x[
+            (..., *(slice(o, o + size) for o, size in zip(offset, out, strict=True)), slice(None))
+        ]
+        rows.append(piece.reshape(-1, channels).T)  # (C, N)
+    return jnp.concatenate(rows, axis=0)
+
+
 def conv(x: jax.Array, kernel: jax.Array, padding: str = "VALID") -> jax.Array:
     """Stride-1 convolution of channels-last `x` `(..., *spatial, C)` with `kernel`
     `(*window, C, F)`; 'VALID' or 'SAME' padding as in `nn.Conv`."""
@@ -219,18 +236,34 @@ def _patch_conv(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
     return _xla_conv(x, kernel, padding)
 
 
+def _narrow_patches(kernel: jax.Array) -> bool:
+    """Whether a patch (`prod(window) * C` values) is no wider than an output position (`F`), as
+    for a first layer on one input channel."""
+    return math.prod(kernel.shape[:-1]) <= kernel.shape[-1]
+
+
 def _patch_conv_fwd(x, kernel, padding):
     window = kernel.shape[:-2]
     padded = jnp.pad(x, _same_padding(x, window)) if padding == "SAME" else x
+    if _narrow_patches(kernel):
+        # The backward pass rebuilds the patches, transposed, from the (smaller) input.
+        return _xla_conv(x, kernel, padding), (padded, kernel)
     patches = _patches(padded, window)  # (..., *out, K), K = prod(window) * C
     y = patches @ kernel.reshape(-1, kernel.shape[-1])  # the patches are needed anyway
     return y, (patches, kernel)
 
 
 def _patch_conv_bwd(padding, residuals, dy):
-    patches, kernel = residuals
-    window = kernel.shape[:-2]
-    d_kernel = matmul_tn(patches, dy).reshape(kernel.shape)  # (K, F)
+    saved, kernel = residuals
+    window, features = kernel.shape[:-2], kernel.shape[-1]
+    if _narrow_patches(kernel):
+        # (K, N) @ (N, F), the transposed patches built in one pass over the input: a copy of
+        # patches built in the forward pass fed two consumers here, and XLA materialized each
+        # of its padded slices (seed CNN at batch 512: 9 x 5 ms).
+        rows = dy.reshape(-1, features)
+        d_kernel = (_transposed_patches(saved, window) @ rows).reshape(kernel.shape)
+    else:
+        d_kernel = matmul_tn(saved, dy).reshape(kernel.shape)  # (K, F)
     # The input gradient is XLA's own (a convolution of dy with the flipped kernel): faster
     # than the patch form's matmul and scatter back onto the input.
     out = dy.shape[-len(window) - 1 : -1]
