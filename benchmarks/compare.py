@@ -7,7 +7,8 @@
 
 Each implementation runs the same architecture on the same shapes: a train step (forward,
 backward, Adam update) and inference (forward only). Warm-up (compilation) is timed separately;
-then rounds alternate between the implementations so machine drift hits all alike, and the
+then rounds alternate between the implementations so machine drift hits all alike (in a new order
+each round, so none always follows the same peer), and the
 median ms/step is reported with examples/s, the ratio to zoo (> 1: slower than zoo), the
 achieved GFLOP/s (the same FLOP count for every implementation: XLA's cost analysis of zoo's
 compiled CNN step, and the RNNs' matmuls counted by hand) and its fraction of this machine's
@@ -21,6 +22,7 @@ import dataclasses
 import json
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -319,11 +321,13 @@ def measure(steps: dict[str, Step], rounds: int, steps_per_round: int) -> dict[s
         step()
         warmup[name] = time.perf_counter() - start
     times = {name: [] for name in steps}
-    for _ in range(rounds):  # interleaved: each round times every implementation once
-        for name, step in steps.items():
+    for r in range(rounds):  # interleaved: each round times every implementation once
+        # In a new order each round (seeded), so no implementation always follows the same one:
+        # a peer's spinning worker threads slow whatever runs right after it.
+        for name in random.Random(r).sample(list(steps), len(steps)):
             start = time.perf_counter()
             for _ in range(steps_per_round):
-                step()
+                steps[name]()
             times[name].append((time.perf_counter() - start) / steps_per_round)
     return {
         name: {"median_ms": 1e3 * statistics.median(t), "warmup_seconds": warmup[name]}
