@@ -27,8 +27,8 @@ def reuse_freed_memory() -> bool:
     from its worker threads too (the CNN train step at batch 512 still faulted 174 MB per step
     without it). The cost is a resident size that does not shrink back after a peak, and one
     heap lock for all threads. Call it once, before the first step and before other threads
-    start allocating; `train.py` and the benchmarks do. Returns False, changing nothing, where
-    the C library has no `mallopt` (macOS, musl).
+    start allocating; `train.py` and the benchmarks do. Returns whether every setting took:
+    False where the C library has no `mallopt` (macOS, musl), which changes nothing.
     """
     name = ctypes.util.find_library("c")
     try:
