@@ -163,31 +163,32 @@ def _patches(x: jax.Array, window: Sequence[int]) -> jax.Array:
     Built as a sum of zero-padded slices, which XLA fuses into one pass over the output; a
     concatenate of the slices copies each slice first (3x slower for the seed CNN's second conv).
     """
-    spatial, channels = x.shape[-len(window) - 1 : -1], x.shape[-1]
-    out = [size - w + 1 for size, w in zip(spatial, window, strict=True)]
-    offsets = list(itertools.product(*(range(w) for w in window)))
-    unpadded = [(0, 0)] * (x.ndim - 1)
-    terms = []
-    for n, offset in enumerate(offsets):
-        piece = x[
-            (..., *(slice(o, o + size) for o, size in zip(offset, out, strict=True)), slice(None))
-        ]
-        channel_pad = (n * channels, (len(offsets) - 1 - n) * channels)
-        terms.append(jnp.pad(piece, unpadded + [channel_pad]) if len(offsets) > 1 else piece)
+    pieces = _window_pieces(x, window)
+    channels, unpadded = x.shape[-1], [(0, 0)] * (x.ndim - 1)
+    if len(pieces) == 1:
+        return pieces[0]
+    terms = [
+        jnp.pad(piece, [*unpadded, (n * channels, (len(pieces) - 1 - n) * channels)])
+        for n, piece in enumerate(pieces)
+    ]
     return functools.reduce(jnp.add, terms)
 
 
 def _transposed_patches(x: jax.Array, window: Sequence[int]) -> jax.Array:
     """`_patches(x, window)` flattened to `(N, K)` and transposed: `(K, N)`, built directly."""
-    spatial, channels = x.shape[-len(window) - 1 : -1], x.shape[-1]
-    out = [size - w + 1 for size, w in zip(spatial, window, strict=True)]
-    rows = []
-    for offset in itertools.product(*(range(w) for w in window)):
-        piece = x[
-            (..., *(slice(o, o + size) for o, size in zip(offset, out, strict=True)), slice(None))
-        ]
-        rows.append(piece.reshape(-1, channels).T)  # (C, N)
+    rows = [piece.reshape(-1, x.shape[-1]).T for piece in _window_pieces(x, window)]  # (C, N)
     return jnp.concatenate(rows, axis=0)
+
+
+def _window_pieces(x: jax.Array, window: Sequence[int]) -> list[jax.Array]:
+    """For each offset within a 'VALID' window, in kernel order, the slice of `(..., *spatial, C)`
+    that the offset sees from every output position: `(..., *out, C)` each."""
+    spatial = x.shape[-len(window) - 1 : -1]
+    out = [size - w + 1 for size, w in zip(spatial, window, strict=True)]
+    return [
+        x[(..., *(slice(o, o + size) for o, size in zip(offset, out, strict=True)), slice(None))]
+        for offset in itertools.product(*(range(w) for w in window))
+    ]
 
 
 def conv(x: jax.Array, kernel: jax.Array, padding: str = "VALID") -> jax.Array:
