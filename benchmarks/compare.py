@@ -402,7 +402,7 @@ def table(results: dict) -> str:
             f"Machine: {results['machine']}; jax {results['jax']}, torch {results['torch']}, "
             f"keras {results['keras']}; {results['dtype']}; peak matmul {peak:.0f} GFLOP/s; "
             + (
-                "freed memory reused (zoo.runtime) for all; "
+                "freed memory reused in one arena (zoo.runtime) for all; "
                 if results.get("freed_memory_reused")
                 else ""
             )
@@ -465,11 +465,12 @@ def main() -> None:
     parser.add_argument(
         "--plain-malloc",
         action="store_true",
-        help="leave glibc's defaults (by default freed memory is reused: zoo.runtime)",
+        help="leave glibc's defaults (by default freed memory is reused in one arena: zoo.runtime)",
     )
     args = parser.parse_args()
-    # Process-wide, so every implementation measured here gets the same allocator.
-    reused = not args.plain_malloc and reuse_freed_memory()
+    # Process-wide, so every implementation measured here gets the same allocator; one arena,
+    # since the steps run alone here, with no prefetch thread allocating beside them.
+    reused = not args.plain_malloc and reuse_freed_memory(single_arena=True)
     names = args.only.split(",") if args.only else list(QUICK if args.quick else BENCHMARKS)
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:

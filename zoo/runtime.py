@@ -18,17 +18,24 @@ _M_ARENA_MAX = -8
 TRIM_THRESHOLD = 1 << 30  # bytes of free heap kept mapped before glibc returns them to the OS
 
 
-def reuse_freed_memory() -> bool:
+def reuse_freed_memory(single_arena: bool = False) -> bool:
     """Makes glibc keep freed memory for reuse instead of unmapping it, for this whole process.
 
-    Sets `M_MMAP_MAX` to 0 (large blocks come from the heap, not from their own `mmap`),
-    `M_TRIM_THRESHOLD` to 1 GiB (up to that much freed heap stays mapped) and `M_ARENA_MAX` to 1:
-    a thread's own arena cannot hold a block over 64 MiB and maps it anyway, and XLA allocates
-    from its worker threads too (the CNN train step at batch 512 still faulted 174 MB per step
-    without it). The cost is a resident size that does not shrink back after a peak, and one
-    heap lock for all threads. Call it once, before the first step and before other threads
-    start allocating; `train.py` and the benchmarks do. Returns whether every setting took:
-    False where the C library has no `mallopt` (macOS, musl), which changes nothing.
+    Sets `M_MMAP_MAX` to 0 (large blocks come from the heap, not from their own `mmap`) and
+    `M_TRIM_THRESHOLD` to 1 GiB (up to that much freed heap stays mapped). The cost is a resident
+    size that does not shrink back after a peak. Call it once, before the first step and before
+    other threads start allocating; `train.py` and the benchmarks do.
+
+    That covers blocks allocated on the main thread, where XLA:CPU runs cheap steps. Expensive
+    ones run on a worker thread, whose own arena cannot hold a block over 64 MiB and maps it
+    anyway (the CNN train step at batch 512 still faulted 174 MB per step). `single_arena=True`
+    also sets `M_ARENA_MAX` to 1, so every thread allocates from the main heap: that step went
+    from 117 to 65 ms. But all threads then share one heap lock, and a training loop whose
+    prefetch thread allocates while the step runs slows down (`python train.py`, batch 32:
+    7.9 -> 10.3 s), so only the benchmarks, which time steps alone, ask for it.
+
+    Returns whether every setting took: False where the C library has no `mallopt` (macOS,
+    musl), which changes nothing.
     """
     name = ctypes.util.find_library("c")
     try:
@@ -36,5 +43,7 @@ def reuse_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_ARENA_MAX, 1))
+    settings = [(_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD)]
+    if single_arena:
+        settings.append((_M_ARENA_MAX, 1))
     return all([bool(mallopt(parameter, value)) for parameter, value in settings])
