@@ -142,6 +142,9 @@ CONV_CASES = [
     ((2, 10, 5), (3,), "VALID"),
     ((2, 10, 5), (4,), "SAME"),
     ((2, 6, 5, 4), (1, 1), "SAME"),
+    # Narrow kernels (prod(window) * C <= 6 features), as in a first layer: shifted slices.
+    ((2, 9, 8, 1), (2, 3), "VALID"),
+    ((2, 10, 2), (3,), "SAME"),
 ]
 
 

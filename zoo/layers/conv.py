@@ -243,12 +243,29 @@ def _narrow_patches(kernel: jax.Array) -> bool:
     return math.prod(kernel.shape[:-1]) <= kernel.shape[-1]
 
 
+def _shifted_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """'VALID' convolution as `prod(window) * C` slices of `x`, one input channel each, times a
+    kernel row: one elementwise pass that XLA fuses with the bias and activation after it. For a
+    narrow kernel in a train step (seed CNN's first layer at batch 128: 14.6 -> 12.3 ms); at
+    inference XLA would recompute it inside every consumer (2.8 -> 4.1 ms), so the primal keeps
+    XLA's convolution."""
+    pieces = _window_pieces(x, kernel.shape[:-2])
+    rows = kernel.reshape(len(pieces), *kernel.shape[-2:])  # (offsets, C, F)
+    rows = rows.reshape(rows.shape[:2] + (1,) * (x.ndim - 1) + rows.shape[-1:])
+    terms = (
+        piece[..., c : c + 1] * rows[n, c]
+        for n, piece in enumerate(pieces)
+        for c in range(kernel.shape[-2])
+    )
+    return functools.reduce(jnp.add, terms)
+
+
 def _patch_conv_fwd(x, kernel, padding):
     window = kernel.shape[:-2]
     padded = jnp.pad(x, _same_padding(x, window)) if padding == "SAME" else x
     if _narrow_patches(kernel):
         # The backward pass rebuilds the patches, transposed, from the (smaller) input.
-        return _xla_conv(x, kernel, padding), (padded, kernel)
+        return _shifted_conv(padded, kernel), (padded, kernel)
     patches = _patches(padded, window)  # (..., *out, K), K = prod(window) * C
     y = patches @ kernel.reshape(-1, kernel.shape[-1])  # the patches are needed anyway
     return y, (patches, kernel)
