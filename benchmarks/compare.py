@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from zoo import models
+from zoo import models, runtime
 from zoo.layers.importers import (
     cnn_from_torch,
     dense_from_torch,
@@ -73,10 +73,16 @@ def _cast(tree, dtype):
 
 
 def jax_steps(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, dtype, to_zoo: Callable | None = None
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    dtype,
+    to_zoo: Callable | None = None,
+    jit: Callable = jax.jit,
 ) -> dict[str, Step]:
-    """Train and inference steps of a Flax module, their XLA FLOP counts, and (with `to_zoo`,
-    which converts its params) its initial logits and weights for the agreement check."""
+    """Train and inference steps of a Flax module compiled by `jit`, their XLA FLOP counts, and
+    (with `to_zoo`, which converts its params) its initial logits and weights for the agreement
+    check."""
     initial = model.init(jax.random.key(0), x)["params"]
     params = _cast(initial, dtype)
     tx = optax.adam(1e-3)
@@ -93,10 +99,10 @@ def jax_steps(
         return optax.apply_updates(params, updates), opt_state
 
     start = time.perf_counter()
-    train_c = jax.jit(train, donate_argnums=(0, 1)).lower(*state, x, y).compile()
+    train_c = jit(train, donate_argnums=(0, 1)).lower(*state, x, y).compile()
     train_compile = time.perf_counter() - start
     start = time.perf_counter()
-    infer_c = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, x).compile()
+    infer_c = jit(lambda p, x: model.apply({"params": p}, x)).lower(params, x).compile()
     infer_compile = time.perf_counter() - start
 
     def run_train():
@@ -362,7 +368,8 @@ def run_benchmark(name, bench, peers, dtype, rounds, per_round) -> dict:
     x = rng.normal(size=(bench.batch, *bench.shape)).astype(np.float32)
     y = rng.integers(0, 10, bench.batch).astype(np.int32)
     jax_dtype = jnp.dtype(dtype)
-    impls = {"zoo": jax_steps(zoo_model(bench), x, y, jax_dtype)}
+    # zoo's steps are compiled as zoo's training compiles them; Flax's with a plain jax.jit.
+    impls = {"zoo": jax_steps(zoo_model(bench), x, y, jax_dtype, jit=runtime.jit)}
     impls["flax"] = jax_steps(flax_model(bench), x, y, jax_dtype, lambda p: flax_to_zoo(bench, p))
     if "pytorch" in peers:
         impls["pytorch"] = torch_steps(bench, x, y, dtype)
@@ -406,6 +413,8 @@ def table(results: dict) -> str:
                 if results.get("freed_memory_reused")
                 else ""
             )
+            + "zoo's steps compiled by zoo.runtime.jit (on CPU: XLA:CPU options of "
+            "zoo.runtime.XLA_CPU_OPTIONS), the other JAX steps by jax.jit; "
             + f"median of {results['rounds']} interleaved rounds of {results['steps_per_round']} "
             "steps. Last column: the largest |logit difference| between the implementation and "
             "zoo given its initial weights (imported into zoo), on the benchmark batch.",

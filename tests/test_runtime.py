@@ -75,3 +75,61 @@ def test_reuse_freed_memory_says_whether_it_applied():
 
     has_mallopt = hasattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallopt")
     assert reuse_freed_memory() is has_mallopt
+
+
+def _ynnpack_calls(hlo: str) -> int:
+    """How many ops of a compiled CPU module XLA hands to YNNPACK."""
+    return hlo.count('"kind":"__ynn_fusion"')
+
+
+def test_jit_compiles_with_the_cpu_options_and_says_so_while_tracing():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from zoo import runtime
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the options are XLA:CPU's")
+    seen = []
+
+    def conv(x, kernel):
+        seen.append(runtime.tracing_with_cpu_options())
+        return jax.lax.conv_general_dilated(
+            x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    x, kernel = jnp.ones((4, 9, 9, 32)), jnp.ones((3, 3, 32, 64))
+    tuned = runtime.jit(conv)
+    # The options reach the compiler: XLA's convolution, where jax.jit hands it to YNNPACK.
+    assert _ynnpack_calls(tuned.lower(x, kernel).compile().as_text()) == 0
+    assert _ynnpack_calls(jax.jit(conv).lower(x, kernel).compile().as_text()) == 1
+    np.testing.assert_allclose(tuned(x, kernel), jax.jit(conv)(x, kernel), rtol=1e-6)
+    assert seen == [True, False]  # traced once by each: by runtime.jit, then by jax.jit
+    assert not runtime.tracing_with_cpu_options()
+
+
+def test_jit_without_the_options_where_xla_does_not_know_them(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+
+    from zoo import runtime
+
+    monkeypatch.setattr(runtime, "XLA_CPU_OPTIONS", {"xla_cpu_no_such_option": True})
+    uncached = runtime._cpu_options_supported.__wrapped__
+    monkeypatch.setattr(runtime, "_cpu_options_supported", uncached)
+    double = runtime.jit(lambda a: 2 * a, donate_argnums=0)
+    with pytest.warns(UserWarning, match="xla_cpu_no_such_option"):
+        assert float(double(jnp.float32(3))) == 6.0
+    assert "xla_cpu_no_such_option" not in str(jax.jit(lambda a: a).lower(1.0).compile())
+
+
+def test_importing_the_training_steps_does_not_start_jax():
+    # jax.distributed.initialize must run before any backend starts: runtime.jit looks the
+    # backend up at the first call, not when a module builds its steps.
+    code = (
+        "import zoo.training, zoo.training.parallel\n"
+        "from jax._src import xla_bridge\n"
+        "assert not xla_bridge.backends_are_initialized()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

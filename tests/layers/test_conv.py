@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from zoo import runtime
 from zoo.layers import conv as conv_lib
 from zoo.layers.conv import Conv, ResidualBlock, activation, avg_pool, conv, max_pool
 
@@ -129,10 +130,14 @@ def numpy_conv(x: np.ndarray, kernel: np.ndarray, padding: str) -> np.ndarray:
     return out
 
 
-@pytest.fixture(params=["patches", "lax"])
+@pytest.fixture(params=["patches", "lax", "cpu-options"])
 def conv_path(request, monkeypatch):
-    """Both lowerings of `conv` on any backend: matmul over patches (CPU) and XLA's convolution."""
-    monkeypatch.setattr(conv_lib, "patch_convolution", lambda: request.param == "patches")
+    """Every lowering of `conv` on any backend: CPU under a plain jax.jit (matmul over patches),
+    XLA's convolution (other backends), CPU traced by `zoo.runtime.jit` (XLA's convolution for a
+    wide kernel, shifted slices for a narrow one)."""
+    monkeypatch.setattr(conv_lib, "patch_convolution", lambda: request.param != "lax")
+    tuned = request.param == "cpu-options"
+    monkeypatch.setattr(runtime, "tracing_with_cpu_options", lambda: tuned)
     return request.param
 
 
@@ -202,3 +207,21 @@ def test_conv_rejects_bad_shapes():
         conv(np.zeros((1, 2, 8, 2), np.float32), kernel)
     with pytest.raises(ValueError, match="padding must be 'VALID' or 'SAME'"):
         conv(np.zeros((1, 8, 8, 2), np.float32), kernel, "FULL")
+
+
+def test_a_conv_stack_trains_alike_under_runtime_jit_and_jax_jit():
+    # Real compile options and tracing flag: a narrow first layer, a wide second one.
+    class Stack(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = max_pool(jax.nn.relu(Conv(12, (3, 3))(x)), 2)
+            return jnp.mean(jax.nn.relu(Conv(16, (3, 3), padding="SAME")(x)) ** 2)
+
+    x = jax.random.normal(jax.random.key(0), (4, 12, 12, 1))
+    params = Stack().init(jax.random.key(1), x)
+
+    def loss_and_grads(p, x):
+        return jax.value_and_grad(Stack().apply, argnums=(0, 1))(p, x)
+
+    tuned, plain = runtime.jit(loss_and_grads)(params, x), jax.jit(loss_and_grads)(params, x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), tuned, plain)

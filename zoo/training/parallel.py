@@ -2,12 +2,13 @@
 
 Three layouts of the same computation, picked by `--parallel`:
 
-- `sharding` (default): `jax.jit` over a one-axis `Mesh` of all devices; batches are split along
-  the `data` axis with a `NamedSharding`, the train state is replicated, and XLA inserts the
-  gradient all-reduce. The same code takes model-sharded layouts by changing the state's sharding.
+- `sharding` (default): `zoo.runtime.jit` over a one-axis `Mesh` of all devices; batches are
+  split along the `data` axis with a `NamedSharding`, the train state is replicated, and XLA
+  inserts the gradient all-reduce. The same code takes model-sharded layouts by changing the
+  state's sharding.
 - `pmap`: `jax.pmap` over the local devices; the state has a leading device axis, and the step
   averages gradients, loss and batch-norm statistics with `lax.pmean` over the `data` axis.
-- `none`: one device, plain `jax.jit`.
+- `none`: one device, `zoo.runtime.jit`.
 
 All three run the same global batch and end with the same parameters up to float summation
 order (batch norm uses global batch statistics: the model's `batch_norm_axis` under pmap, the
@@ -32,6 +33,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from zoo import runtime
 from zoo.data.batching import Batch
 from zoo.training.config import ConfigError
 from zoo.training.steps import eval_step, eval_step_fn, train_step, train_step_fn
@@ -103,13 +105,13 @@ class Sharded(DataParallel):
         mesh = Mesh(np.asarray(devices), (DATA_AXIS,))
         self.replicated = NamedSharding(mesh, P())
         self.data = NamedSharding(mesh, P(DATA_AXIS))
-        self._train_step = jax.jit(
+        self._train_step = runtime.jit(
             train_step_fn,
             in_shardings=(self.replicated, self.data),
             out_shardings=(self.replicated, self.replicated),
             donate_argnums=0,
         )
-        self._eval_step = jax.jit(
+        self._eval_step = runtime.jit(
             eval_step_fn,
             in_shardings=(self.replicated, self.data),
             out_shardings=(self.replicated, self.replicated),

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from zoo import runtime
 from zoo.data.augment import augment
 from zoo.data.batching import Batch
 from zoo.training.regularizers import Params, penalty
@@ -71,7 +72,8 @@ def train_step_fn(
     state: TrainState, batch: Batch, axis_name: str | None = None
 ) -> tuple[TrainState, Metrics]:
     """One step of gradient descent: augment the inputs, grad of `loss_fn`, optax update, new
-    batch-norm stats. `train_step` is this function jitted with the state donated.
+    batch-norm stats. `train_step` is this function jitted (`zoo.runtime.jit`), the state
+    donated.
 
     Under `jax.pmap` with `axis_name`, each device holds a shard of the batch: the loss,
     gradients and batch-norm statistics are averaged over the axis and the metric sums added up,
@@ -113,14 +115,14 @@ def train_step_fn(
     return state, jax.tree.map(lambda v: jnp.where(good, v, jnp.zeros_like(v)), sums)
 
 
-train_step = jax.jit(train_step_fn, donate_argnums=0)
+train_step = runtime.jit(train_step_fn, donate_argnums=0)
 
 
 def eval_step_fn(
     state: TrainState, batch: Batch, axis_name: str | None = None
 ) -> tuple[jax.Array | None, Metrics]:
     """Evaluation mode (no dropout, running BN stats): class predictions `(B,)` when classifying
-    (else None) and summed metrics. `eval_step` is this function jitted.
+    (else None) and summed metrics. `eval_step` is this function jitted (`zoo.runtime.jit`).
 
     Under `jax.pmap` with `axis_name`, the predictions are gathered and the sums added up over
     the axis, so every device returns those of the global batch.
@@ -135,7 +137,7 @@ def eval_step_fn(
     return predictions, sums
 
 
-eval_step = jax.jit(eval_step_fn)
+eval_step = runtime.jit(eval_step_fn)
 
 
 def summarize_metrics(step_metrics: list[Metrics]) -> dict[str, float]:
