@@ -133,3 +133,20 @@ def test_importing_the_training_steps_does_not_start_jax():
         "assert not xla_bridge.backends_are_initialized()\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_jit_works_inside_other_transformations():
+    # JAX takes compile options only at the top level: under jit, grad or vmap it is jax.jit.
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from zoo import runtime
+
+    f = runtime.jit(lambda a: jnp.sin(a) * a)
+    x = jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)
+    np.testing.assert_allclose(jax.jit(lambda a: f(a) + 1)(x), jnp.sin(x) * x + 1, rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.grad(lambda a: f(a).sum())(x), jnp.cos(x) * x + jnp.sin(x), rtol=1e-6
+    )
+    np.testing.assert_allclose(jax.vmap(f)(x), jnp.sin(x) * x, rtol=1e-6)

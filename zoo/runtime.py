@@ -95,8 +95,9 @@ def jit(fun: Callable, **jit_kwargs: Any) -> Callable:
     it (rather than `jax.jit`) for your own steps over zoo models on CPU.
 
     The backend is looked up at the first call, not here, so importing a module that builds
-    steps does not start JAX (`jax.distributed.initialize` must come first). Called inside
-    another `jax.jit`, it is inlined and compiled with the outer function's options.
+    steps does not start JAX (`jax.distributed.initialize` must come first). Called on tracers
+    (inside another `jax.jit`, `grad` or `vmap`) it is a plain `jax.jit`, as JAX takes compile
+    options only at the top level: the outer function's options apply.
     """
 
     def traced(*args, **kwargs):
@@ -109,15 +110,21 @@ def jit(fun: Callable, **jit_kwargs: Any) -> Callable:
     own_options = jit_kwargs.pop("compiler_options", None) or {}
 
     @functools.cache
-    def jitted(backend: str) -> Callable:
+    def jitted(backend: str, nested: bool) -> Callable:
+        if nested:
+            return jax.jit(fun, **jit_kwargs)
         if backend == "cpu" and _cpu_options_supported():
             options = {**XLA_CPU_OPTIONS, **own_options}
             return jax.jit(functools.wraps(fun)(traced), compiler_options=options, **jit_kwargs)
         return jax.jit(fun, compiler_options=own_options or None, **jit_kwargs)
 
+    def pick(args, kwargs) -> Callable:
+        leaves = jax.tree.leaves((args, kwargs))
+        return jitted(jax.default_backend(), any(isinstance(a, jax.core.Tracer) for a in leaves))
+
     @functools.wraps(fun)
     def call(*args, **kwargs):
-        return jitted(jax.default_backend())(*args, **kwargs)
+        return pick(args, kwargs)(*args, **kwargs)
 
-    call.lower = lambda *args, **kwargs: jitted(jax.default_backend()).lower(*args, **kwargs)
+    call.lower = lambda *args, **kwargs: pick(args, kwargs).lower(*args, **kwargs)
     return call
