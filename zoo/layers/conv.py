@@ -156,7 +156,8 @@ def _as_tuple(window: int | Sequence[int], num_spatial: int) -> tuple[int, ...]:
 
 
 def patch_convolution() -> bool:
-    """Whether `conv` computes as a matmul over patches (CPU) or with XLA's convolution."""
+    """Whether `conv` may take its hand-written CPU lowerings (patch matmuls, shifted slices; see
+    the module docstring) or is XLA's convolution throughout (GPU, TPU)."""
     return jax.default_backend() == "cpu"
 
 
