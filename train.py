@@ -165,6 +165,11 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="multi-process run: give up when not every process joined by then (default 120)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what an earlier run left in --out (by default a finished run is refused)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     parser.add_argument(
         "--debug-nans", action="store_true", help="jax_debug_nans: fail at the first NaN"
@@ -208,6 +213,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "jobs)",
     )
     args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("--resume continues a run and --overwrite replaces it: pass one of them")
     if args.resume:
         args.out = args.resume
     args.command = "train"
@@ -303,6 +310,7 @@ def main(argv: list[str]) -> int:
                 trials=args.trials,
                 log=log,
                 parallel=args.parallel,
+                overwrite=args.overwrite,
             )
             if jax.process_index() == 0:
                 print(format_table(summary))
@@ -317,6 +325,7 @@ def main(argv: list[str]) -> int:
             resume=bool(args.resume),
             stop_after_steps=args.stop_after_steps,
             parallel=args.parallel,
+            overwrite=args.overwrite,
         )
     except Preempted as stop:
         print(f"train.py: {stop}; continue with --resume {args.out}", file=sys.stderr)

@@ -108,9 +108,15 @@ def test_same_seed_twice_and_stop_then_resume_are_bit_identical(tmp_path, refere
     assert resumed.returncode == 0, resumed.stderr
     assert_bit_identical(reference(name, *args), split)
     if name == "lstm":
-        replaced = run(*args, "--lr", "0.01", "--stop-after-steps", "1", "--out", split)
-        assert replaced.returncode == PREEMPTED  # the finished run's checkpoints are replaced
-        assert checkpoint_steps(split) == [1]
+        kept = run(*args, "--lr", "0.01", "--stop-after-steps", "1", "--out", split)
+        assert kept.returncode == 2 and "holds a finished run" in kept.stderr
+        assert "--overwrite" in kept.stderr and len(kept.stderr.strip().splitlines()) == 1
+        assert_bit_identical(reference(name, *args), split)  # the trained model is still there
+        replaced = run(
+            *args, "--lr", "0.01", "--stop-after-steps", "1", "--overwrite", "--out", split
+        )
+        assert replaced.returncode == PREEMPTED, replaced.stderr
+        assert checkpoint_steps(split) == [1] and not os.path.exists(f"{split}/metrics.json")
         refused = run(*args, "--out", split)  # an unfinished run with another learning rate
         assert refused.returncode == 2 and "learning_rate differ" in refused.stderr
 

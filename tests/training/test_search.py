@@ -16,6 +16,7 @@ from zoo.training.search import (
     summarize,
     trial_config,
 )
+from zoo.training.workdir import WorkdirError
 
 
 def test_parse_space_args_reads_lists_ranges_and_tuples():
@@ -112,6 +113,18 @@ def test_grid_search_runs_every_trial_and_ranks_by_validation_loss(tmp_path):
         "learning_rate",
         "batch_size",
     ]
+
+
+def test_a_finished_search_is_kept_unless_overwritten(tmp_path):
+    pytest.importorskip("statsmodels")
+    base = TrainConfig.for_model("forecast", epochs=1)
+    space = parse_space({"learning_rate": [1e-3, 3e-3]})
+    first = run_search(base, space, str(tmp_path), log=lambda _: None)
+    with pytest.raises(WorkdirError, match="holds a finished search .*--overwrite"):
+        run_search(base, space, str(tmp_path), log=lambda _: None)
+    assert json.loads((tmp_path / "search.json").read_text()) == json.loads(json.dumps(first))
+    again = run_search(base, space, str(tmp_path), log=lambda _: None, overwrite=True)
+    assert [t["value"] for t in again["trials"]] == [t["value"] for t in first["trials"]]
 
 
 def test_tpe_search_with_optuna(tmp_path):

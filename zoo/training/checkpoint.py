@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from zoo.training.config import MONITORS, ConfigError
+from zoo.training.workdir import WorkdirError, finished_run
 
 CHECKPOINTS = "checkpoints"
 
@@ -248,44 +249,62 @@ def refuse_pickles(directory: str) -> None:
 
 
 def open_checkpoints(
-    workdir: str, config: Any, monitor: str | None, resume: bool, log: Callable[[str], None]
+    workdir: str,
+    config: Any,
+    monitor: str | None,
+    resume: bool,
+    log: Callable[[str], None],
+    overwrite: bool = False,
 ) -> tuple[Checkpointer, bool]:
     """The run's Checkpointer, and whether to resume from it.
 
     Without `resume`: an unfinished run with the same config is resumed (running the same
     command again continues it), one with another config is refused (so nothing is lost to a
-    mistyped flag), and a finished run's checkpoints are replaced.
+    mistyped flag), and so is a finished run (its `metrics.json` and checkpoints) unless
+    `overwrite`. A run whose last checkpoint is final but whose results were never written
+    (killed while evaluating) is resumed to write them.
     """
 
     def create() -> Checkpointer:
         return Checkpointer(workdir, keep=config.keep_checkpoints, monitor=monitor)
 
+    results = finished_run(workdir)
     checkpoints = create()
     steps = checkpoints.steps()
+    if results and not resume and not overwrite:
+        checkpoints.close()
+        saved = f", checkpoints up to step {steps[-1]}" if steps else ""
+        raise WorkdirError(
+            f"{os.path.abspath(workdir)} holds a finished run ({os.path.basename(results)}"
+            f"{saved}); pass --overwrite to replace it, or choose another --out"
+        )
     if resume or not steps:
         return checkpoints, resume
     try:
         meta = checkpoints.read_meta(steps[-1])
     except Exception:  # unreadable: let the resume path fall back or fail loudly
         meta = {"finished": False, "config": None}
-    if not meta.get("finished"):
-        saved = meta.get("config")
-        current = json.loads(json.dumps(config.to_dict()))
+    saved = meta.get("config")
+    current = json.loads(json.dumps(config.to_dict()))
+    if not overwrite:
+        state = "a finished" if meta.get("finished") else "an unfinished"
         if saved is None or saved == current:
-            log(f"resuming the unfinished run in {workdir} (latest checkpoint: step {steps[-1]})")
+            log(f"resuming {state} run in {workdir} (latest checkpoint: step {steps[-1]})")
             return checkpoints, True
         checkpoints.close()
         changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         raise ConfigError(
-            f"{checkpoints.directory} holds an unfinished run (latest checkpoint: step "
+            f"{checkpoints.directory} holds {state} run (latest checkpoint: step "
             f"{steps[-1]}) with another config ({', '.join(changed)} differ); pass --resume to "
-            "continue it, or delete that directory to start over"
+            "continue it, --overwrite to start over, or choose another --out"
         )
     checkpoints.close()
-    log(f"replacing the checkpoints of the finished run in {checkpoints.directory}")
+    log(f"replacing the run in {workdir} (--overwrite)")
     if jax.process_index() == 0:
         shutil.rmtree(checkpoints.directory)
-    sync_processes("zoo: finished run's checkpoints removed")
+        if results:
+            os.remove(results)
+    sync_processes("zoo: replaced run's checkpoints removed")
     return create(), False
 
 

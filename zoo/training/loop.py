@@ -17,6 +17,7 @@ from zoo import data, models
 from zoo.data.splits import Dataset, Split
 from zoo.training import parallel as parallel_lib
 from zoo.training import plots
+from zoo.training import workdir as workdir_lib
 from zoo.training.checkpoint import Checkpointer, TerminationGuard, open_checkpoints, versions
 from zoo.training.config import ConfigError, TrainConfig
 from zoo.training.early_stopping import EarlyStopping, check_monitor, default_monitor
@@ -84,6 +85,7 @@ def train_and_evaluate(
     resume: bool = False,
     stop_after_steps: int | None = None,
     parallel: str | DataParallel = "sharding",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Trains `config.model` on `config.dataset`, evaluates on the test split, writes metrics.
 
@@ -99,13 +101,18 @@ def train_and_evaluate(
       progress: a progress bar per epoch; None: when stderr is a terminal and `verbose`.
       resume: continue from the latest readable checkpoint in `workdir` (an error when there is
         none). Without it, an unfinished run in `workdir` with the same config is resumed too,
-        one with another config is refused, and a finished run's checkpoints are replaced.
+        one with another config is refused, and so is a finished run unless `overwrite`.
       stop_after_steps: save and stop (raising `Preempted`) after this many steps of this call,
         for runs cut into chunks by a scheduler's time limit.
       parallel: 'sharding' (jit over a mesh of every device), 'pmap' or 'none' (one device), or
         a `DataParallel` layout. In a multi-process run only process 0 logs and writes metrics.
+      overwrite: replace what a previous run left in `workdir` (finished or not).
+
+    The run holds `workdir`'s lock (`zoo.training.workdir.claim`) from its first write to its
+    return: a second run into the same directory fails at once.
 
     Raises:
+      WorkdirError: when another run holds `workdir`, or it holds a finished run.
       Preempted: on SIGTERM or after `stop_after_steps`, once a checkpoint is saved.
       NonFiniteError: after `config.max_bad_steps` consecutive non-finite steps.
       CheckpointError: when a checkpoint cannot be written, or none can be read on resume.
@@ -114,6 +121,24 @@ def train_and_evaluate(
         raise ConfigError(f"stop_after_steps must be >= 1, got {stop_after_steps}")
     if plot:
         plots.require_matplotlib()
+    with workdir_lib.claim(workdir):
+        return _train_and_evaluate(
+            config,
+            workdir,
+            log,
+            verbose,
+            progress,
+            plot,
+            resume,
+            stop_after_steps,
+            parallel,
+            overwrite,
+        )
+
+
+def _train_and_evaluate(
+    config, workdir, log, verbose, progress, plot, resume, stop_after_steps, parallel, overwrite
+) -> dict[str, Any]:
     dataset = data.load(config.dataset, seed=config.seed, path=config.data_path)
     check_dataset(dataset, config)
     monitor = config.monitor or default_monitor(dataset.task)
@@ -139,10 +164,9 @@ def train_and_evaluate(
         + (f", {jax.process_count()} processes" if jax.process_count() > 1 else "")
     )
 
-    os.makedirs(workdir, exist_ok=True)
     has_validation = len(dataset.validation.x) > 0
     checkpoints, resume = open_checkpoints(
-        workdir, config, monitor if has_validation else None, resume, log
+        workdir, config, monitor if has_validation else None, resume, log, overwrite
     )
     run = RunState(state, layout, stopper=EarlyStopping(monitor, config.patience, config.min_delta))
     if config.patience is not None:

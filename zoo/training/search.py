@@ -30,6 +30,7 @@ from zoo import models
 from zoo.training.config import MONITORS, ConfigError, TrainConfig
 from zoo.training.early_stopping import default_monitor
 from zoo.training.loop import train_and_evaluate, write_json
+from zoo.training.workdir import WorkdirError, claim
 
 METHODS = ("grid", "random", "tpe")
 MODEL_PREFIX = "model."
@@ -214,11 +215,17 @@ def run_search(
     trials: int | None = None,
     log: Callable[[str], None] = print,
     parallel: str = "sharding",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Runs the trials into `workdir/trial_NNN/` and returns what it writes to `search.json`;
-    each trial is a `train_and_evaluate` run with `parallel`."""
+    each trial is a `train_and_evaluate` run with `parallel`.
+
+    The search holds `workdir`'s lock while it runs. A `workdir` that holds a search's results
+    already is refused unless `overwrite`, which then replaces each trial's run as well.
+    """
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    points = []
     if method == "grid":
         points = grid(space)
         if trials is not None:
@@ -227,6 +234,17 @@ def run_search(
             trial_config(base, point)  # every grid config is valid before the first run
     elif trials is None or trials < 1:
         raise ConfigError(f"trials must be >= 1 for {method} search, got {trials}")
+    with claim(workdir):
+        results_path = os.path.join(workdir, "search.json")
+        if os.path.exists(results_path) and not overwrite:
+            raise WorkdirError(
+                f"{os.path.abspath(workdir)} holds a finished search (search.json); pass "
+                "--overwrite to replace it, or choose another --out"
+            )
+        return _run_trials(base, space, workdir, points, method, trials, log, parallel, overwrite)
+
+
+def _run_trials(base, space, workdir, points, method, trials, log, parallel, overwrite):
     monitor = base.monitor or default_monitor(models.task(base.model))
     study = _tpe_study(MONITORS[monitor], base.seed, trials) if method == "tpe" else None
     rng = np.random.default_rng(base.seed)
@@ -251,6 +269,7 @@ def run_search(
                 verbose=False,
                 progress=False,
                 parallel=parallel,
+                overwrite=overwrite,
             )
         except ConfigError as error:  # a sampled point the config rejects: record, go on
             results.append({"trial": number, "params": point, "error": str(error)})
