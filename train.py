@@ -249,6 +249,12 @@ def join_processes(args: argparse.Namespace) -> None:
 
 
 def parse_model_options(pairs: list[str]) -> dict:
+    """`KEY=VALUE` pairs as a dict: values are Python literals, or bare words such as `pool=avg`.
+
+    Raises:
+      ConfigError: for a pair without `=`, or a value that looks like a literal (it starts with a
+        bracket, quote, digit or sign, or holds a bracket or comma) and does not parse.
+    """
     options = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
@@ -256,7 +262,13 @@ def parse_model_options(pairs: list[str]) -> dict:
             raise ConfigError(f"--model-option expects KEY=VALUE, got {pair!r}")
         try:
             options[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError) as error:
+            looks_literal = not text or text[0] in "([{'\"+-" or text[0].isdigit()
+            if looks_literal or any(c in text for c in "()[]{},"):
+                reason = error.msg if isinstance(error, SyntaxError) else "quote the strings in it"
+                raise ConfigError(
+                    f"--model-option {key}={text} is not a valid Python literal ({reason})"
+                ) from None
             options[key] = text  # a bare word such as pool=avg
     return options
 

@@ -2,10 +2,13 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+
+from zoo.training import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytest.importorskip("sklearn")
@@ -68,6 +71,15 @@ def test_model_preset_picks_its_dataset(tmp_path):
         (["--dataset", "mnist", "--data-path", "/nope.npz"], "/nope.npz"),
         (["--model-option", "features"], "--model-option expects KEY=VALUE"),
         (["--model-option", "depth=3"], "model 'cnn' has no option depth"),
+        (
+            ["--model", "convnet", "--model-option", "features=(16,32"],
+            "--model-option features=(16,32 is not a valid Python literal",
+        ),
+        (["--model", "lstm", "--model-option", "reset_after=False"], "it applies to: bigru, gru"),
+        (
+            ["--dataset", "mnist", "--data-path", os.path.join(ROOT, "README.md")],
+            "README.md is not an npz (zip) archive",
+        ),
         (["--bogus"], "unrecognized arguments: --bogus"),
         (
             ["--dataset", "series"],
@@ -88,13 +100,39 @@ def test_bad_flags_exit_nonzero_with_one_line(tmp_path, args, flag):
     assert not (tmp_path / "metrics.json").exists()
 
 
-def _main(*args: str) -> int:
+def _train_module():
     sys.path.insert(0, ROOT)
     try:
         import train
     finally:
         sys.path.remove(ROOT)
-    return train.main(list(args))
+    return train
+
+
+def _main(*args: str) -> int:
+    return _train_module().main(list(args))
+
+
+@pytest.mark.parametrize(
+    "value", ["(16,32", "[8, 16", "16,,32", "3x", "-", "(relu, tanh)", "{1:", "'avg"]
+)
+def test_a_model_option_that_looks_like_a_literal_must_parse(value):
+    train = _train_module()
+    with pytest.raises(ConfigError, match=rf"--model-option features={re.escape(value)} is not a"):
+        train.parse_model_options([f"features={value}"])
+
+
+def test_model_option_bare_words_and_literals():
+    train = _train_module()
+    pairs = ["pool=avg", "cell=gru", "features=(8, 16)", "dropout=0.5", "pool_size=-1", "bias=None"]
+    assert train.parse_model_options(pairs) == {
+        "pool": "avg",
+        "cell": "gru",
+        "features": (8, 16),
+        "dropout": 0.5,
+        "pool_size": -1,
+        "bias": None,
+    }
 
 
 @pytest.mark.parametrize(

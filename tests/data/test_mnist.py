@@ -154,6 +154,19 @@ def test_not_a_zip_file(tmp_path):
         load_mnist(path)
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"x_train,y_train\n1,2\n", b"", b"\x93NUMPY not an npz"],
+    ids=["text", "empty", "npy"],
+)
+def test_a_file_that_is_no_npz_is_not_called_pickled(tmp_path, content):
+    path = tmp_path / "x.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"x\.npz is not an npz \(zip\) archive") as error:
+        load_mnist(path)
+    assert "pickle" not in str(error.value)
+
+
 def test_missing_path():
     with pytest.raises(FileNotFoundError, match="neither an .npz file nor a directory"):
         load_mnist("/nonexistent/mnist.npz")

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from zoo.data import text as text_module
 from zoo.data.text import corpus, decode, encode, load_text, windows
 
 
@@ -34,3 +35,22 @@ def test_unknown_characters_and_short_text():
         encode("abz", "ab")
     with pytest.raises(ValueError, match="too short for seq_len 64"):
         load_text(text="tiny text", seq_len=64)
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_at_load(monkeypatch):
+    encode_ids = encode
+    monkeypatch.setattr(text_module, "encode", lambda text, vocab: encode_ids(text, vocab) + 1)
+    text = "".join(f"line {i}: the quick brown fox\n" for i in range(40))
+    vocab_size = len(set(text))
+    with pytest.raises(
+        ValueError,
+        match=rf"text tokens must be in \[0, {vocab_size}\) \(the vocabulary size\), "
+        rf"found ids 1\.\.{vocab_size}",
+    ):
+        load_text(text=text, seq_len=16)
+
+
+def test_decode_refuses_ids_outside_the_vocabulary():
+    assert decode([2, 0], "abc") == "ca"
+    with pytest.raises(ValueError, match=r"tokens must be in \[0, 3\).*found ids -1\.\.2"):
+        decode([2, -1], "abc")

@@ -1,5 +1,7 @@
 """Every registered model: shapes with and without jit, unbatched input, grad and vmap."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -162,3 +164,36 @@ def test_vmap_per_example_gradients_and_ensembles(key, index):
     ensemble = jax.jit(jax.vmap(model.init, in_axes=(0, None)))(jax.random.split(key, 3), x)
     kernel = max(jax.tree.leaves(ensemble["params"]), key=lambda leaf: leaf.size)
     assert kernel.shape[0] == 3 and not jnp.allclose(kernel[0], kernel[1])
+
+
+@pytest.mark.parametrize("name", ["lstm", "bilstm", "charlm", "cnn_lstm", "forecast", "convnet"])
+def test_reset_after_is_refused_where_there_is_no_gru(name):
+    assert "reset_after" not in models.options(name)
+    with pytest.raises(
+        ValueError, match=rf"model '{name}' has no option reset_after \(it applies to: bigru, gru\)"
+    ):
+        models.create(name, reset_after=False)
+
+
+def test_an_option_for_another_cell_is_refused_when_the_cell_is_an_option(monkeypatch):
+    monkeypatch.setitem(models._MODELS, "rnn", (models.RNNClassifier, {}))
+    with pytest.raises(
+        ValueError, match="model 'rnn' option reset_after applies only with cell='gru'"
+    ):
+        models.create("rnn", input_shape=(4, 2), reset_after=False)
+    assert not models.create("rnn", input_shape=(4, 2), cell="gru", reset_after=False).reset_after
+
+
+@pytest.mark.parametrize("name, options, shape, dtype", CONFIGS, ids=IDS)
+def test_every_listed_option_is_accepted(name, options, shape, dtype):
+    fields = {f.name: f for f in dataclasses.fields(models.create(name, **options))}
+    for option in models.options(name):
+        if fields[option].default is not dataclasses.MISSING:
+            models.create(name, **{**options, option: fields[option].default})
+
+
+def test_list_options_become_tuples_so_models_are_hashable():
+    model = models.create("convnet", input_shape=[16, 12, 3], features=[4, 6], dense=[5])
+    assert (model.input_shape, model.features, model.dense) == ((16, 12, 3), (4, 6), (5,))
+    same = models.create("convnet", input_shape=(16, 12, 3), features=(4, 6), dense=(5,))
+    assert hash(model) == hash(same) and model == same

@@ -60,6 +60,36 @@ def test_sampling_is_seeded_and_follows_the_model(key):
     np.testing.assert_array_equal(jnp.argmax(logits[:, 2:-1], axis=-1), greedy)
 
 
+def test_charlm_rejects_token_ids_outside_the_vocabulary(key):
+    model = models.create("charlm", num_classes=9, hidden_sizes=(4,), embed_dim=3)
+    good = jnp.array([[1, 2, 3]])
+    variables = model.init(key, good)
+    vocab = r"charlm tokens must be in \[0, 9\) \(the vocabulary size\)"
+    for bad, found in ((jnp.array([[-1, 2, 12]]), "-1..12"), (np.array([[2, 9]]), "2..9")):
+        with pytest.raises(ValueError, match=rf"{vocab}, found ids {found}"):
+            model.apply(variables, bad)
+        with pytest.raises(ValueError, match=rf"{vocab}, found ids {found}"):
+            model.init(key, bad)
+        with pytest.raises(ValueError, match=rf"{vocab}, found ids {found}"):
+            models.sample(model, variables, bad, key, length=2)
+    # Traced ids are not known; in-range ids pass both ways.
+    np.testing.assert_allclose(
+        jax.jit(model.apply)(variables, good), model.apply(variables, good), rtol=1e-6
+    )
+
+
+def test_sampling_a_model_built_from_list_options(key):
+    from_json = models.create("charlm", num_classes=7, hidden_sizes=[5, 4], embed_dim=3)
+    from_tuples = models.create("charlm", num_classes=7, hidden_sizes=(5, 4), embed_dim=3)
+    assert from_json.hidden_sizes == (5, 4) and hash(from_json) == hash(from_tuples)
+    prompt = jnp.array([[1, 2], [3, 4]])
+    variables = from_tuples.init(key, prompt)
+    a = models.sample(from_json, variables, prompt, jax.random.key(3), length=5)
+    b = models.sample(from_tuples, variables, prompt, jax.random.key(3), length=5)
+    assert a.shape == (2, 5)
+    np.testing.assert_array_equal(a, b)
+
+
 def test_untrained_forecaster_is_the_naive_forecast(key):
     model = models.create("forecast", input_shape=(None, 2), horizon=3)
     x = jax.random.normal(key, (4, 6, 2))

@@ -107,6 +107,11 @@ def _load_npz(filename: str) -> dict[str, np.ndarray]:
         "test_images": "x_test",
         "test_labels": "y_test",
     }
+    if not zipfile.is_zipfile(filename):
+        # np.load would take it for a pickle, the one format left once npy and npz are ruled out.
+        raise ValueError(
+            f"{filename} is not an npz (zip) archive; MNIST needs mnist.npz or IDX files"
+        )
     try:
         with np.load(filename, allow_pickle=False) as archive:
             missing = sorted(set(keys.values()) - set(archive.files))

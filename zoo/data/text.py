@@ -27,6 +27,9 @@ def load_text(
     train_end, val_end = n_train, n_train + n_val
     parts = tokens[:train_end], tokens[train_end:val_end], tokens[val_end:]
     splits = [windows(part, seq_len) for part in parts]
+    for split in splits:
+        check_tokens(split.x, len(vocab))
+        check_tokens(split.y, len(vocab))
     if len(splits[0].x) == 0:
         raise ValueError(f"text of {len(text)} characters is too short for seq_len {seq_len}")
     return Dataset(*splits, num_classes=len(vocab), task="language", vocab=vocab)
@@ -40,7 +43,19 @@ def windows(tokens: np.ndarray, seq_len: int) -> Split:
     return Split(x, y)
 
 
+def check_tokens(tokens: np.ndarray, vocab_size: int) -> None:
+    """Rejects ids outside `[0, vocab_size)`: an embedding would give NaN for them, `decode` the
+    wrong character (a negative id indexes from the end)."""
+    tokens = np.asarray(tokens)
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(
+            f"text tokens must be in [0, {vocab_size}) (the vocabulary size), "
+            f"found ids {tokens.min()}..{tokens.max()}"
+        )
+
+
 def decode(tokens, vocab: str) -> str:
+    check_tokens(tokens, len(vocab))
     return "".join(vocab[int(t)] for t in np.asarray(tokens).ravel())
 
 

@@ -24,6 +24,10 @@ _MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
 }
 
 
+# Options that matter for one value of another option only (fixed by the row, or given, or the
+# default): `reset_after` picks between two GRUs and does nothing to an LSTM.
+_ONLY_WITH: dict[str, tuple[str, Any]] = {"reset_after": ("cell", "gru")}
+
 # What each model's output is for: logits over classes, logits at every step, or real values.
 _TASKS: dict[type[nn.Module], str] = {CharLM: "language", Forecaster: "regress"}
 
@@ -39,29 +43,66 @@ def names() -> list[str]:
 
 
 def options(name: str) -> list[str]:
-    """The options `create(name, ...)` accepts."""
+    """The options `create(name, ...)` accepts: the model's fields, less those its row fixes and
+    those that only apply to another value of a fixed one (`reset_after` for an LSTM)."""
     cls, fixed = _lookup(name)
     return [
         f.name
         for f in dataclasses.fields(cls)
-        if f.name not in ("parent", "name") and f.name not in fixed
+        if f.name not in ("parent", "name") and f.name not in fixed and _applies(f.name, fixed)
     ]
 
 
 def create(name: str, **opts) -> nn.Module:
     """Builds the model registered as `name` with the given hyperparameters.
 
+    Lists (a JSON config's tuples), nested ones too, become tuples, so every model is hashable
+    and can be a static argument of `jax.jit` (as `sample` takes it).
+
     Raises:
-      ValueError: for an unknown name or option, naming the valid ones.
+      ValueError: for an unknown name or option, naming the valid ones and the models an option
+        belongs to, or for an option that does nothing with the given settings (`reset_after`
+        with an LSTM cell).
     """
     valid = options(name)
     unknown = sorted(set(opts) - set(valid))
     if unknown:
         raise ValueError(
-            f"model {name!r} has no option {', '.join(unknown)}; valid options: {', '.join(valid)}"
+            f"model {name!r} has no option {', '.join(_with_owners(o) for o in unknown)}; "
+            f"valid options: {', '.join(valid)}"
         )
     cls, fixed = _lookup(name)
-    return cls(**fixed, **opts)
+    defaults = {
+        f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
+    }
+    settings = {**defaults, **fixed, **opts}
+    for option in sorted(opts):
+        if not _applies(option, settings):
+            key, value = _ONLY_WITH[option]
+            raise ValueError(
+                f"model {name!r} option {option} applies only with {key}={value!r}, "
+                f"got {key}={settings[key]!r}"
+            )
+    return cls(**fixed, **{key: _frozen(value) for key, value in opts.items()})
+
+
+def _applies(option: str, settings: dict[str, Any]) -> bool:
+    if option not in _ONLY_WITH:
+        return True
+    key, value = _ONLY_WITH[option]
+    return key not in settings or settings[key] == value
+
+
+def _with_owners(option: str) -> str:
+    """`option`, and the models that have it: "reset_after (it applies to: bigru, gru)"."""
+    owners = [name for name in names() if option in options(name)]
+    return f"{option} (it applies to: {', '.join(owners)})" if owners else option
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(item) for item in value)
+    return value
 
 
 def _lookup(name: str) -> tuple[type[nn.Module], dict[str, Any]]:

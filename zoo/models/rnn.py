@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from zoo.layers.conv import Conv, max_pool
 from zoo.layers.recurrent import StackedRNN, check_cell
@@ -28,6 +29,24 @@ def _check_options(
             raise ValueError(f"{name} must be in [0, 1), got {rate}")
     if not hidden_sizes or min(hidden_sizes) < 1:
         raise ValueError(f"hidden_sizes must be positive, got {hidden_sizes}")
+
+
+def _check_token_ids(tokens: jax.Array, vocab_size: int) -> None:
+    """Rejects concrete ids outside `[0, vocab_size)`: `nn.Embed` would give NaN for them.
+
+    Traced ids are not known until run time, so under `jit` this checks nothing.
+    """
+    if isinstance(tokens, jax.core.Tracer):
+        return
+    tokens = np.asarray(tokens)  # a host copy, outside jit only; numpy, so no op is traced
+    if not tokens.size:
+        return
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(
+            f"charlm tokens must be in [0, {vocab_size}) (the vocabulary size), "
+            f"found ids {low}..{high}"
+        )
 
 
 def _flat_lengths(lengths: jax.Array | None, batch: tuple[int, ...]) -> jax.Array | None:
@@ -125,6 +144,7 @@ class CharLM(nn.Module):
     ):
         batch = batch_shape(tokens, (None,))
         tokens = check_input(tokens, (None,), "charlm", tokens=True)  # (B, T), any T
+        _check_token_ids(tokens, self.num_classes)
         h = nn.Embed(self.num_classes, self.embed_dim)(tokens)  # (B, T, E)
         rnn = StackedRNN(
             self.cell,
@@ -142,7 +162,6 @@ class CharLM(nn.Module):
         return (logits, states) if return_states else logits
 
 
-@functools.partial(jax.jit, static_argnames=("model", "length"))
 def sample(
     model: CharLM,
     variables,
@@ -156,7 +175,24 @@ def sample(
 
     The prompt is read in one pass; then each new token is fed back with the carried states, one
     step per `lax.scan` iteration.
+
+    Raises:
+      ValueError: for prompt ids outside the model's vocabulary (when the prompt is concrete).
     """
+    _check_token_ids(prompt, model.num_classes)  # inside the jitted sampler ids are traced
+    return _sample(model, variables, prompt, key, length=length, temperature=temperature)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "length"))
+def _sample(
+    model: CharLM,
+    variables,
+    prompt: jax.Array,
+    key: jax.Array,
+    *,
+    length: int,
+    temperature: float = 1.0,
+) -> jax.Array:
     logits, states = model.apply(variables, prompt, return_states=True)
     first = jax.random.categorical(key, logits[:, -1] / temperature)
 
