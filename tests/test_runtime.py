@@ -150,3 +150,44 @@ def test_jit_works_inside_other_transformations():
         jax.grad(lambda a: f(a).sum())(x), jnp.cos(x) * x + jnp.sin(x), rtol=1e-6
     )
     np.testing.assert_allclose(jax.vmap(f)(x), jnp.sin(x) * x, rtol=1e-6)
+
+
+def test_what_jit_returns_is_exportable_with_a_symbolic_batch():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from zoo import models, runtime
+
+    model = models.create("cnn")
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    predict = runtime.jit(lambda x: jax.nn.softmax(model.apply(variables, x)))
+    (batch,) = jax.export.symbolic_shape("b")
+    exported = jax.export.export(predict)(jax.ShapeDtypeStruct((batch, 28, 28, 1), jnp.float32))
+    loaded = jax.export.deserialize(exported.serialize())
+    x = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
+    np.testing.assert_allclose(loaded.call(x), predict(x), rtol=1e-5, atol=1e-7)
+
+
+def test_zoos_train_step_takes_the_hand_written_gradients_and_nothing_else_does():
+    """The fast paths are opt-in: inside `hand_written_gradients()` (zoo's train step) on CPU a
+    model's layers are custom_vjps; outside it they are plain JAX."""
+    import jax
+    import jax.numpy as jnp
+
+    from zoo import models, runtime
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the hand-written gradients are XLA:CPU's")
+    model = models.create("cnn_lstm", input_shape=(2, 6, 6, 1), features=(4,), hidden_sizes=(3,))
+    x = jnp.ones((2, 2, 6, 6, 1))
+    params = model.init(jax.random.key(0), x)["params"]
+
+    def forward(p):  # a new function each time: JAX reuses the trace of the same one
+        return model.apply({"params": p}, x).sum()
+
+    assert "custom_vjp" not in str(jax.make_jaxpr(forward)(params))
+    with runtime.hand_written_gradients():
+        traced = str(jax.make_jaxpr(lambda p: forward(p))(params))
+    assert traced.count("custom_vjp_call") == 3  # conv, max_pool, the LSTM's scan
+    assert not runtime.using_hand_written_gradients()

@@ -9,12 +9,13 @@ pay the same toll for their large tensors (23 -> 13 ms), which is why its CPU tu
 suggest jemalloc or tcmalloc. `reuse_freed_memory` gets the same effect from glibc itself.
 """
 
+import contextlib
 import contextvars
 import ctypes
 import ctypes.util
 import functools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -70,12 +71,37 @@ XLA_CPU_OPTIONS = {
 }
 
 _tracing_with_cpu_options = contextvars.ContextVar("zoo_tracing_with_cpu_options", default=False)
+_hand_written_gradients = contextvars.ContextVar("zoo_hand_written_gradients", default=False)
 
 
 def tracing_with_cpu_options() -> bool:
     """Whether the function being traced is compiled by `jit` with `XLA_CPU_OPTIONS`: layers
     pick the lowering that is fastest under them (`zoo.layers.conv`)."""
     return _tracing_with_cpu_options.get()
+
+
+@contextlib.contextmanager
+def hand_written_gradients() -> Iterator[None]:
+    """Lets zoo's layers traced inside the block take their hand-written reverse-mode gradients
+    on CPU (`jax.custom_vjp`s: the conv kernel gradient as a patch matmul, max pooling's
+    gradient, the LSTM/GRU backward scan), which the train steps of `zoo.training` ask for.
+
+    Forward-mode autodiff (`jvp`, `jacfwd`, `hessian`) cannot pass through a `custom_vjp`, so
+    outside this block every layer is plain JAX and every transformation applies; inside it only
+    reverse mode (`grad`, `vjp`) does. Only tracing reads it: wrap the `jax.grad` call inside the
+    function you jit, as `zoo.training.steps.train_step_fn` does.
+    """
+    token = _hand_written_gradients.set(True)
+    try:
+        yield
+    finally:
+        _hand_written_gradients.reset(token)
+
+
+def using_hand_written_gradients() -> bool:
+    """Whether a layer traced now may take its hand-written CPU gradient: inside
+    `hand_written_gradients()` on a CPU backend."""
+    return _hand_written_gradients.get() and jax.default_backend() == "cpu"
 
 
 @functools.cache
@@ -89,6 +115,52 @@ def _cpu_options_supported() -> bool:
     return True
 
 
+class _Jitted:
+    """What `jit` returns: called, traced or lowered, it defers to the `jax.jit` of `fun` that
+    fits the arguments (see `jit`); it has `trace` and `lower`, so `jax.export.export` takes it."""
+
+    def __init__(self, fun: Callable, jit_kwargs: dict[str, Any]):
+        functools.update_wrapper(self, fun)
+        self._fun = fun
+        self._own_options = jit_kwargs.pop("compiler_options", None) or {}
+        self._jit_kwargs = jit_kwargs
+        self._jitted = functools.cache(self._make)
+
+    def _make(self, backend: str, nested: bool) -> Callable:
+        fun, jit_kwargs, own = self._fun, self._jit_kwargs, self._own_options
+        if nested:
+            return jax.jit(fun, **jit_kwargs)
+        if backend == "cpu" and _cpu_options_supported():
+
+            @functools.wraps(fun)
+            def traced(*args, **kwargs):
+                token = _tracing_with_cpu_options.set(True)
+                try:
+                    return fun(*args, **kwargs)
+                finally:
+                    _tracing_with_cpu_options.reset(token)
+
+            return jax.jit(traced, compiler_options={**XLA_CPU_OPTIONS, **own}, **jit_kwargs)
+        return jax.jit(fun, compiler_options=own or None, **jit_kwargs)
+
+    def _pick(self, args, kwargs) -> Callable:
+        leaves = jax.tree.leaves((args, kwargs))
+        nested = any(isinstance(a, jax.core.Tracer) for a in leaves)
+        return self._jitted(jax.default_backend(), nested)
+
+    def __call__(self, *args, **kwargs):
+        return self._pick(args, kwargs)(*args, **kwargs)
+
+    def trace(self, *args, **kwargs):
+        return self._pick(args, kwargs).trace(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        return self._pick(args, kwargs).lower(*args, **kwargs)
+
+    def eval_shape(self, *args, **kwargs):
+        return self._pick(args, kwargs).eval_shape(*args, **kwargs)
+
+
 def jit(fun: Callable, **jit_kwargs: Any) -> Callable:
     """`jax.jit(fun, **jit_kwargs)` that on a CPU backend compiles with `XLA_CPU_OPTIONS` and
     traces `fun` with `tracing_with_cpu_options()` true. zoo's train and eval steps use it; use
@@ -97,34 +169,7 @@ def jit(fun: Callable, **jit_kwargs: Any) -> Callable:
     The backend is looked up at the first call, not here, so importing a module that builds
     steps does not start JAX (`jax.distributed.initialize` must come first). Called on tracers
     (inside another `jax.jit`, `grad` or `vmap`) it is a plain `jax.jit`, as JAX takes compile
-    options only at the top level: the outer function's options apply.
+    options only at the top level: the outer function's options apply. What it returns has
+    `trace` and `lower` like `jax.jit`'s result, so `jax.export.export` takes it.
     """
-
-    def traced(*args, **kwargs):
-        token = _tracing_with_cpu_options.set(True)
-        try:
-            return fun(*args, **kwargs)
-        finally:
-            _tracing_with_cpu_options.reset(token)
-
-    own_options = jit_kwargs.pop("compiler_options", None) or {}
-
-    @functools.cache
-    def jitted(backend: str, nested: bool) -> Callable:
-        if nested:
-            return jax.jit(fun, **jit_kwargs)
-        if backend == "cpu" and _cpu_options_supported():
-            options = {**XLA_CPU_OPTIONS, **own_options}
-            return jax.jit(functools.wraps(fun)(traced), compiler_options=options, **jit_kwargs)
-        return jax.jit(fun, compiler_options=own_options or None, **jit_kwargs)
-
-    def pick(args, kwargs) -> Callable:
-        leaves = jax.tree.leaves((args, kwargs))
-        return jitted(jax.default_backend(), any(isinstance(a, jax.core.Tracer) for a in leaves))
-
-    @functools.wraps(fun)
-    def call(*args, **kwargs):
-        return pick(args, kwargs)(*args, **kwargs)
-
-    call.lower = lambda *args, **kwargs: pick(args, kwargs).lower(*args, **kwargs)
-    return call
+    return _Jitted(fun, dict(jit_kwargs))

@@ -42,13 +42,25 @@ def test_pool_matches_flax_reduce_window(shape):
     np.testing.assert_allclose(avg_pool(x, 2), nn.avg_pool(x, window, strides=window), rtol=1e-6)
 
 
-def test_pool_gradients_match_finite_differences():
+@pytest.fixture(params=["any-mode", "hand-written"])
+def pool_gradient(request, monkeypatch):
+    """max_pool's two derivatives: a custom_jvp (every transformation) and, in zoo's train steps
+    on CPU, the hand-written reverse-mode gradient."""
+    if request.param == "hand-written":
+        monkeypatch.setattr(runtime, "using_hand_written_gradients", lambda: True)
+    return request.param
+
+
+def test_pool_gradients_match_finite_differences(pool_gradient):
     x = jax.random.normal(jax.random.key(2), (2, 5, 4, 3))  # distinct values: no max ties
-    check_grads(lambda v: max_pool(v, 2), (x,), order=1, modes=["rev"])
-    check_grads(lambda v: avg_pool(v, 2), (x,), order=1, modes=["rev"])
+    modes = ["rev"] if pool_gradient == "hand-written" else ["fwd", "rev"]
+    with jax.enable_x64(True):
+        x = np.asarray(x, np.float64)
+        check_grads(lambda v: max_pool(v, 2), (x,), order=2, modes=modes)
+        check_grads(lambda v: avg_pool(v, 2), (x,), order=2, modes=["fwd", "rev"])
 
 
-def test_max_pool_gradient_goes_to_the_window_maximum_split_between_ties():
+def test_max_pool_gradient_goes_to_the_window_maximum_split_between_ties(pool_gradient):
     """JAX's convention for max: tied maxima share the gradient. (Images have flat backgrounds,
     so ties are common; giving each tie the whole gradient changed training results.)"""
     x = np.array([[1, 4, 2, 2, 9], [3, 0, 2, 2, 9], [7, 7, 1, 5, 9]], np.float32)[None, ..., None]
@@ -69,7 +81,7 @@ def test_max_pool_gradient_goes_to_the_window_maximum_split_between_ties():
         ((1, 4, 4, 2), (4, 1)),
     ],
 )
-def test_max_pool_gradient_is_that_of_jnp_max_over_the_windows(shape, window):
+def test_max_pool_gradient_is_that_of_jnp_max_over_the_windows(pool_gradient, shape, window):
     # Rounded values make ties common, as on images' flat backgrounds.
     x = jnp.round(jax.random.normal(jax.random.key(3), shape))
     out = [s // w for s, w in zip(shape[1:-1], window, strict=True)]
@@ -194,9 +206,12 @@ def test_conv_module_is_nn_conv_with_the_same_variables(conv_path, shape, window
 def test_conv_gradients_match_finite_differences(conv_path, x_shape, kernel_shape):
     rng = np.random.default_rng(1)
     x, kernel = rng.normal(size=x_shape), rng.normal(size=kernel_shape)
+    # XLA's convolution is every model's outside zoo's train steps: forward mode and second
+    # order too; the hand-written gradients are reverse mode only.
+    order, modes = (2, ["fwd", "rev"]) if conv_path == "lax" else (1, ["rev"])
     with jax.enable_x64():
-        check_grads(lambda a, k: conv(a, k, "VALID"), (x, kernel), order=1, modes=["rev"])
-        check_grads(lambda a, k: conv(a, k, "SAME"), (x, kernel), order=1, modes=["rev"])
+        check_grads(lambda a, k: conv(a, k, "VALID"), (x, kernel), order=order, modes=modes)
+        check_grads(lambda a, k: conv(a, k, "SAME"), (x, kernel), order=order, modes=modes)
 
 
 def test_conv_rejects_bad_shapes():

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from zoo import runtime
 from zoo.layers import recurrent
 from zoo.layers.recurrent import (
     LSTMState,
@@ -100,12 +101,21 @@ def layer_params(cell, reset_after=True):
     return layer, layer.init(jax.random.key(2), jnp.zeros((B, T, F)))
 
 
+@pytest.fixture(params=["project-per-step", "hand-written", "project-before-scan"])
+def lowering(request, monkeypatch):
+    """Every lowering of the layers, whatever this machine's backend picks: the input projection
+    in each step (CPU) or before the scan (GPU, TPU), and on CPU inside
+    `runtime.hand_written_gradients()` (zoo's train steps) the hand-written gradient."""
+    hoist = request.param == "project-before-scan"
+    monkeypatch.setattr(recurrent, "hoist_input_projection", lambda: hoist)
+    if request.param == "hand-written":
+        monkeypatch.setattr(runtime, "using_hand_written_gradients", lambda: True)
+    return request.param
+
+
 @pytest.mark.parametrize("cell, reset_after", [("lstm", True), ("gru", True), ("gru", False)])
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("hoist", [False, True], ids=["project-per-step", "project-before-scan"])
-def test_scanned_layer_matches_python_loop_of_cell(monkeypatch, cell, reset_after, reverse, hoist):
-    # Both lowerings of the input projection, whatever this machine's backend picks.
-    monkeypatch.setattr(recurrent, "hoist_input_projection", lambda: hoist)
+def test_scanned_layer_matches_python_loop_of_cell(lowering, cell, reset_after, reverse):
     layer = Recurrent(cell, H, reverse=reverse, reset_after=reset_after)
     x = jax.random.normal(jax.random.key(3), (B, T, F))
     variables = layer.init(jax.random.key(2), x)
@@ -162,11 +172,9 @@ def test_padded_batch_matches_each_sequence_alone(cell, bidirectional):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("hoist", [False, True], ids=["project-per-step", "project-before-scan"])
-def test_gradients_through_scan_match_finite_differences(monkeypatch, cell, hoist):
-    # Per-step projection is the hand-written gradient; both directions, padding, recurrent
-    # dropout and the initial state's gradient.
-    monkeypatch.setattr(recurrent, "hoist_input_projection", lambda: hoist)
+def test_gradients_through_scan_match_finite_differences(lowering, cell):
+    # Both directions, padding, recurrent dropout and the initial state's gradient; forward mode
+    # too, except through the hand-written (reverse-only) gradient.
     model = StackedRNN(
         cell, (H,), bidirectional=True, return_sequences=True, recurrent_dropout=0.25
     )
@@ -186,7 +194,8 @@ def test_gradients_through_scan_match_finite_differences(monkeypatch, cell, hois
     as64 = lambda t: jax.tree.map(lambda a: np.asarray(a, np.float64), t)  # noqa: E731
     with jax.enable_x64(True):
         args = (as64(variables["params"]), as64(x), as64(state))
-        check_grads(loss, args, order=2, modes=["rev"], eps=1e-4)
+        modes = ["rev"] if lowering == "hand-written" else ["fwd", "rev"]
+        check_grads(loss, args, order=2, modes=modes, eps=1e-4)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

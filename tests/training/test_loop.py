@@ -142,3 +142,22 @@ def test_metrics_jsonl_has_one_line_per_epoch_and_plots_are_written(tmp_path):
     assert [line["epoch"] for line in lines] == [1, 2]
     for name in ("curves.png", "confusion.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_train_step_takes_the_hand_written_gradients(monkeypatch):
+    """zoo's own step opts in (`runtime.hand_written_gradients`); its layers see it traced."""
+    from zoo import runtime
+    from zoo.data.batching import Batch
+    from zoo.training import steps
+
+    real, seen = runtime.using_hand_written_gradients, []
+    monkeypatch.setattr(
+        runtime, "using_hand_written_gradients", lambda: seen.append(real()) or seen[-1]
+    )
+    x = np.zeros((4, 28, 28, 1), np.float32)
+    state = create_train_state(models.create("cnn"), TrainConfig(), x[:1])
+    batch = Batch(x, np.zeros(4, np.int32), np.ones(4, bool))
+    assert seen == [False] * 5  # init: plain layers
+    seen.clear()
+    jax.make_jaxpr(steps.train_step_fn)(state, batch)
+    assert len(seen) == 5 and all(seen) == (jax.default_backend() == "cpu")  # 3 convs, 2 pools

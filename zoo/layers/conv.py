@@ -5,13 +5,18 @@ same function serves Conv1D `(B, T, C)` and Conv2D `(B, H, W, C)` stacks. Window
 (stride == window, Keras' default) and a trailing remainder is dropped ('VALID' padding), so a
 26-wide map pools to 13 and an 11-wide map to 5, as in Keras `MaxPooling2D(2)`.
 
-Max pooling's value is `lax.reduce_window`'s, but its gradient is written by hand, much cheaper
-than the select-and-scatter that `reduce_window`'s own gradient lowers to. Average pooling is a
-reshape and a mean.
+Max pooling's value is `lax.reduce_window`'s. In zoo's train steps on CPU its gradient is
+written by hand, much cheaper than the select-and-scatter that `reduce_window`'s own gradient
+lowers to. Average pooling is a reshape and a mean.
 
 `Conv` is `nn.Conv` for stride 1 with the same parameters. Its value is
-`lax.conv_general_dilated` (cuDNN, the MXU, XLA:CPU's kernels). On CPU, how it trains depends on
-how the step is compiled. Under `zoo.runtime.jit`, whose options switch YNNPACK's convolutions
+`lax.conv_general_dilated` (cuDNN, the MXU, XLA:CPU's kernels), and outside zoo's train steps so
+is its gradient: every JAX transformation applies (`jvp`, `jacfwd`, `hessian` included).
+
+The hand-written gradients are `jax.custom_vjp`s, which forward-mode autodiff cannot pass
+through, so layers take them only while traced inside `zoo.runtime.hand_written_gradients()`
+on CPU, which `zoo.training`'s train steps ask for. There, how a conv trains depends on how the
+step is compiled. Under `zoo.runtime.jit`, whose options switch YNNPACK's convolutions
 off, XLA's (Eigen's) convolutions are fast in both directions and a wide kernel uses them as is.
 Under a plain `jax.jit`, YNNPACK's convolution gradients are slow, so the gradient is written by
 hand: the kernel gradient is one matmul of the input's patches (each output position's window,
@@ -92,15 +97,47 @@ def max_pool(x: jax.Array, window: int | Sequence[int] = 2) -> jax.Array:
     Returns:
       `(B, *(s // w for s, w in zip(spatial, window)), C)`.
     """
-    return _max_pool(x, _as_tuple(window, x.ndim - 2))
+    window = _as_tuple(window, x.ndim - 2)
+    if runtime.using_hand_written_gradients():
+        return _max_pool(x, window)
+    return _max_pool_any_mode(x, window)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _max_pool(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
+def _reduce_max(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
     _pooled_shape(x, window)
     dims = (1, *window, 1)
     lowest = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
     return jax.lax.reduce_window(x, jnp.asarray(lowest, x.dtype), jax.lax.max, dims, dims, "VALID")
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _max_pool_any_mode(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
+    return _reduce_max(x, window)
+
+
+@_max_pool_any_mode.defjvp
+def _max_pool_jvp(window, primals, tangents):
+    """Tied maxima share the tangent, as for `jnp.max` (`reduce_window`'s own derivative gives
+    it to one of them). Linear in the tangent and plain JAX, so JAX transposes it for reverse
+    mode and differentiates it again for `hessian`."""
+    (x,), (dx,) = primals, tangents
+    # The function itself, not `_reduce_max`: under jit, jacfwd of jacrev (`jax.hessian`)
+    # otherwise meets reduce_window's own derivative here, and its vmap fails.
+    pooled = _max_pool_any_mode(x, window)
+    out = pooled.shape[1:-1]
+    offsets = list(itertools.product(*(range(w) for w in window)))
+    is_max = [_at_offset(x, offset, out, window) == pooled for offset in offsets]
+    count = sum(m.astype(x.dtype) for m in is_max)
+    shares = [
+        jnp.where(m, _at_offset(dx, o, out, window), 0)
+        for m, o in zip(is_max, offsets, strict=True)
+    ]
+    return pooled, sum(shares) / count
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
+    return _reduce_max(x, window)
 
 
 def _max_pool_fwd(x, window):
@@ -156,9 +193,10 @@ def _as_tuple(window: int | Sequence[int], num_spatial: int) -> tuple[int, ...]:
 
 
 def patch_convolution() -> bool:
-    """Whether `conv` may take its hand-written CPU lowerings (patch matmuls, shifted slices; see
-    the module docstring) or is XLA's convolution throughout (GPU, TPU)."""
-    return jax.default_backend() == "cpu"
+    """Whether `conv` may take its hand-written CPU gradient (patch matmuls, shifted slices; see
+    the module docstring) or is XLA's convolution throughout: only inside
+    `zoo.runtime.hand_written_gradients()` (zoo's train steps) on CPU."""
+    return runtime.using_hand_written_gradients()
 
 
 def _patches(x: jax.Array, window: Sequence[int]) -> jax.Array:
@@ -344,21 +382,28 @@ class ResidualBlock(nn.Module):
     activation: str = "relu"
     batch_norm: bool = False
     batch_norm_axis: str | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         act = activation(self.activation)
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         shortcut = x
         y = x
         for i in range(2):
-            y = Conv(self.features, self.kernel_size, padding="SAME", use_bias=not self.batch_norm)(
-                y
-            )
+            y = Conv(
+                self.features, self.kernel_size, "SAME", use_bias=not self.batch_norm, **dtypes
+            )(y)
             if self.batch_norm:
-                y = nn.BatchNorm(use_running_average=not train, axis_name=self.batch_norm_axis)(y)
+                y = nn.BatchNorm(
+                    use_running_average=not train, axis_name=self.batch_norm_axis, **dtypes
+                )(y)
             if i == 0:
                 y = act(y)
         if shortcut.shape[-1] != self.features:
             ones = (1,) * len(self.kernel_size)
-            shortcut = Conv(self.features, ones, use_bias=False, name="projection")(shortcut)
+            shortcut = Conv(self.features, ones, use_bias=False, name="projection", **dtypes)(
+                shortcut
+            )
         return act(y + shortcut)

@@ -24,10 +24,11 @@ On GPU and TPU the input projection `x W + b` of all timesteps is one matmul bef
 only `h U` runs inside it (`lstm_step`, `gru_step`); on CPU each step projects its own `x`, which
 measured faster there (2x forward, 1.2x with gradients for 2 x LSTM(128) on a 2-core CPU: the
 per-step slices of a hoisted `(T, B, 4H)` array cost more than the small matmuls they save).
-On CPU the layers' gradient is also written by hand (`scan_cell`, a `jax.custom_vjp`): the
-backward scan carries only the state's gradient and the weight gradients are one matmul each
-after it. Reverse mode (`grad`, `vjp`, grad of grad) works as usual; forward mode (`jvp`,
-`jacfwd`) does not apply to a `custom_vjp`, as for the CPU convolution in `zoo.layers.conv`.
+In zoo's train steps on CPU the layers' gradient is also written by hand (`scan_cell`, a
+`jax.custom_vjp`): the backward scan carries only the state's gradient and the weight gradients
+are one matmul each after it. Forward mode (`jvp`, `jacfwd`) cannot pass through a `custom_vjp`,
+so the layers take it only while traced inside `zoo.runtime.hand_written_gradients()`, as the
+CPU convolution in `zoo.layers.conv` does; elsewhere the scan is plain JAX.
 With `lengths`, a sequence's carry stops changing after its last valid step and its outputs there
 are zero, so a padded batch gives each sequence's own result.
 
@@ -44,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo import runtime
 from zoo.layers.matmul import matmul_tn
 
 CellParams = dict[str, jax.Array]
@@ -382,6 +384,8 @@ class Recurrent(nn.Module):
     reset_after: bool = True
     unroll: int = 1
     recurrent_dropout: float = 0.0
+    dtype: Any = None  # of the computation and the carry; None: promoted from inputs and params
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(
@@ -401,24 +405,32 @@ class Recurrent(nn.Module):
         batch, steps, features = x.shape
         width = GATES[self.cell] * self.hidden_size
         bias_init = _lstm_bias_init if self.cell == "lstm" else nn.initializers.zeros
+        dtype = self.param_dtype
         params = {
-            "kernel": self.param("kernel", nn.initializers.glorot_uniform(), (features, width)),
-            "recurrent_kernel": self.param(
-                "recurrent_kernel", nn.initializers.orthogonal(), (self.hidden_size, width)
+            "kernel": self.param(
+                "kernel", nn.initializers.glorot_uniform(), (features, width), dtype
             ),
-            "bias": self.param("bias", bias_init, (width,)),
+            "recurrent_kernel": self.param(
+                "recurrent_kernel", nn.initializers.orthogonal(), (self.hidden_size, width), dtype
+            ),
+            "bias": self.param("bias", bias_init, (width,), dtype),
         }
         if self.cell == "gru" and self.reset_after:
-            params["recurrent_bias"] = self.param("recurrent_bias", nn.initializers.zeros, (width,))
+            params["recurrent_bias"] = self.param(
+                "recurrent_bias", nn.initializers.zeros, (width,), dtype
+            )
+        x, *values = nn.dtypes.promote_dtype(x, *params.values(), dtype=self.dtype)
+        params = dict(zip(params, values, strict=True))  # in the computation's dtype
         if lengths is not None and mask is not None:
             raise ValueError("pass lengths or mask, not both")
         if lengths is not None:
             mask = lengths_to_mask(check_lengths(lengths, batch, steps), steps)
         elif mask is not None and jnp.shape(mask) != (batch, steps):
             raise ValueError(f"mask must have shape ({batch}, {steps}), got {jnp.shape(mask)}")
-        carry = initial_state
-        if carry is None:
+        if initial_state is None:
             carry = initial_carry(self.cell, batch, self.hidden_size, x.dtype)
+        else:  # the scan's carry keeps one dtype: the computation's
+            carry = jax.tree.map(lambda a: jnp.asarray(a, x.dtype), initial_state)
         h_mask = None
         if train and self.recurrent_dropout:
             h_mask = dropout_mask(
@@ -434,8 +446,13 @@ class Recurrent(nn.Module):
             return scan_steps(
                 step, params, carry, inputs, mask, reverse=self.reverse, unroll=self.unroll
             )
-        if self.cell == "gru" and not self.reset_after:
-            step = functools.partial(gru_cell, reset_after=False, h_mask=h_mask)
+        if not runtime.using_hand_written_gradients() or (
+            self.cell == "gru" and not self.reset_after
+        ):
+            if self.cell == "lstm":
+                step = functools.partial(lstm_cell, h_mask=h_mask)
+            else:
+                step = functools.partial(gru_cell, reset_after=self.reset_after, h_mask=h_mask)
             return scan_steps(
                 step, params, carry, x, mask, reverse=self.reverse, unroll=self.unroll
             )
@@ -469,6 +486,8 @@ class StackedRNN(nn.Module):
     dropout: float = 0.0
     recurrent_dropout: float = 0.0
     unroll: int = 1
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(
@@ -493,6 +512,8 @@ class StackedRNN(nn.Module):
                 "reset_after": self.reset_after,
                 "unroll": self.unroll,
                 "recurrent_dropout": self.recurrent_dropout,
+                "dtype": self.dtype,
+                "param_dtype": self.param_dtype,
             }
             if self.bidirectional:
                 init = (None, None) if init is None else init

@@ -12,12 +12,14 @@ Call them the Flax way:
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from zoo.layers.conv import ACTIVATIONS, POOLS, Conv, ResidualBlock, activation, max_pool
-from zoo.models.inputs import batch_shape, check_input
+from zoo.models.inputs import batch_shape, check_input, dtypes
 
 
 def _unflatten(logits: jax.Array, x: jax.Array, input_shape: Sequence[int]) -> jax.Array:
@@ -34,6 +36,8 @@ class SeedCNN(nn.Module):
 
     num_classes: int = 10
     input_shape: Sequence[int] = (28, 28, 1)
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     def __post_init__(self):
         if len(self.input_shape) != 3:
@@ -46,14 +50,14 @@ class SeedCNN(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         del train  # no dropout or batch norm; kept so every model has one call signature
         h = check_input(x, self.input_shape, "cnn")  # (B, 28, 28, 1)
-        h = nn.relu(Conv(32, (3, 3), padding="VALID")(h))  # (B, 26, 26, 32)
+        h = nn.relu(Conv(32, (3, 3), padding="VALID", **dtypes(self))(h))  # (B, 26, 26, 32)
         h = max_pool(h, 2)  # (B, 13, 13, 32)
-        h = nn.relu(Conv(64, (3, 3), padding="VALID")(h))  # (B, 11, 11, 64)
+        h = nn.relu(Conv(64, (3, 3), padding="VALID", **dtypes(self))(h))  # (B, 11, 11, 64)
         h = max_pool(h, 2)  # (B, 5, 5, 64)
-        h = nn.relu(Conv(64, (3, 3), padding="VALID")(h))  # (B, 3, 3, 64)
+        h = nn.relu(Conv(64, (3, 3), padding="VALID", **dtypes(self))(h))  # (B, 3, 3, 64)
         h = h.reshape(h.shape[0], -1)  # (B, 576)
-        h = nn.relu(nn.Dense(64)(h))
-        logits = nn.Dense(self.num_classes)(h)  # (B, classes)
+        h = nn.relu(nn.Dense(64, **dtypes(self))(h))
+        logits = nn.Dense(self.num_classes, **dtypes(self))(h)  # (B, classes)
         return _unflatten(logits, x, self.input_shape)
 
 
@@ -81,6 +85,8 @@ class ConvNet(nn.Module):
       dense: widths of the hidden dense layers.
       batch_norm_axis: a `jax.pmap` axis name over which batch norm computes its statistics, so
         they are those of the global batch (zoo's `--parallel pmap` sets it); None: this call's.
+      dtype: of the computation, e.g. `jnp.bfloat16`; None: promoted from inputs and params.
+      param_dtype: of the parameters.
     """
 
     input_shape: Sequence[int]
@@ -95,6 +101,8 @@ class ConvNet(nn.Module):
     residual: bool = False
     dense: Sequence[int] = (64,)
     batch_norm_axis: str | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     def __post_init__(self):
         if len(self.input_shape) not in (2, 3):
@@ -122,14 +130,23 @@ class ConvNet(nn.Module):
         for features in self.features:
             if self.residual:
                 h = ResidualBlock(
-                    features, kernel, self.activation, self.batch_norm, self.batch_norm_axis
+                    features,
+                    kernel,
+                    self.activation,
+                    self.batch_norm,
+                    self.batch_norm_axis,
+                    **dtypes(self),
                 )(h, train=train)
             else:
-                h = Conv(features, kernel, padding="SAME", use_bias=not self.batch_norm)(h)
+                h = Conv(
+                    features, kernel, padding="SAME", use_bias=not self.batch_norm, **dtypes(self)
+                )(h)
                 if self.batch_norm:
-                    h = nn.BatchNorm(use_running_average=not train, axis_name=self.batch_norm_axis)(
-                        h
-                    )
+                    h = nn.BatchNorm(
+                        use_running_average=not train,
+                        axis_name=self.batch_norm_axis,
+                        **dtypes(self),
+                    )(h)
                 h = act(h)
             if self.pool is not None:
                 h = POOLS[self.pool](h, self.pool_size)
@@ -137,8 +154,8 @@ class ConvNet(nn.Module):
                 h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = h.reshape(h.shape[0], -1)  # (B, features)
         for width in self.dense:
-            h = act(nn.Dense(width)(h))
+            h = act(nn.Dense(width, **dtypes(self))(h))
             if self.dropout:
                 h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        logits = nn.Dense(self.num_classes)(h)  # (B, classes)
+        logits = nn.Dense(self.num_classes, **dtypes(self))(h)  # (B, classes)
         return _unflatten(logits, x, self.input_shape)

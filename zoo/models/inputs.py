@@ -1,6 +1,7 @@
 """Input checks shared by the models: clear errors at trace time, free under jit."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import chex
 import jax
@@ -30,6 +31,12 @@ def check_input(
         exception_type=ValueError,
     )
     return x.reshape(-1, *x.shape[x.ndim - len(input_shape) :])
+
+
+def dtypes(module) -> dict[str, Any]:
+    """A model's `dtype` (of the computation; None: promoted from inputs and params) and
+    `param_dtype` (of the parameters), for each of its layers: Flax's convention."""
+    return {"dtype": module.dtype, "param_dtype": module.param_dtype}
 
 
 def batch_shape(x: jax.Array, input_shape: Sequence[int | None]) -> tuple[int, ...]:

@@ -9,6 +9,7 @@ All take batch-first input and optional `lengths` `(B,)` for right-padded sequen
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -17,7 +18,7 @@ import numpy as np
 
 from zoo.layers.conv import Conv, max_pool
 from zoo.layers.recurrent import StackedRNN, check_cell
-from zoo.models.inputs import batch_shape, check_input
+from zoo.models.inputs import batch_shape, check_input, dtypes
 
 
 def _check_options(
@@ -75,6 +76,9 @@ class RNNClassifier(nn.Module):
         sequence, in training only.
       reset_after: GRU variant (True: PyTorch / Keras default; False: Cho et al.).
       unroll: timesteps per scan iteration (speed only).
+      dtype: of the computation and the recurrent state, e.g. `jnp.bfloat16`; None: promoted
+        from inputs and params. Every model here has it and `param_dtype` (Flax's convention).
+      param_dtype: of the parameters.
     """
 
     input_shape: Sequence[int | None]
@@ -86,6 +90,8 @@ class RNNClassifier(nn.Module):
     recurrent_dropout: float = 0.0
     reset_after: bool = True
     unroll: int = 1
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     def __post_init__(self):
         _check_options(self.cell, self.dropout, self.hidden_sizes, self.recurrent_dropout)
@@ -106,11 +112,12 @@ class RNNClassifier(nn.Module):
             dropout=self.dropout,
             recurrent_dropout=self.recurrent_dropout,
             unroll=self.unroll,
+            **dtypes(self),
         )
         h, _ = rnn(h, _flat_lengths(lengths, batch), train=train)  # (B, H or 2H)
         if self.dropout:
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        logits = nn.Dense(self.num_classes)(h)
+        logits = nn.Dense(self.num_classes, **dtypes(self))(h)
         return logits.reshape(*batch, self.num_classes)
 
 
@@ -128,6 +135,8 @@ class CharLM(nn.Module):
     dropout: float = 0.0
     recurrent_dropout: float = 0.0
     unroll: int = 1
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     def __post_init__(self):
         _check_options(self.cell, self.dropout, self.hidden_sizes, self.recurrent_dropout)
@@ -145,7 +154,7 @@ class CharLM(nn.Module):
         batch = batch_shape(tokens, (None,))
         tokens = check_input(tokens, (None,), "charlm", tokens=True)  # (B, T), any T
         _check_token_ids(tokens, self.num_classes)
-        h = nn.Embed(self.num_classes, self.embed_dim)(tokens)  # (B, T, E)
+        h = nn.Embed(self.num_classes, self.embed_dim, **dtypes(self))(tokens)  # (B, T, E)
         rnn = StackedRNN(
             self.cell,
             self.hidden_sizes,
@@ -153,11 +162,12 @@ class CharLM(nn.Module):
             dropout=self.dropout,
             recurrent_dropout=self.recurrent_dropout,
             unroll=self.unroll,
+            **dtypes(self),
         )
         h, states = rnn(h, initial_states=initial_states, train=train)  # (B, T, H)
         if self.dropout:
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        logits = nn.Dense(self.num_classes)(h)  # (B, T, V)
+        logits = nn.Dense(self.num_classes, **dtypes(self))(h)  # (B, T, V)
         logits = logits.reshape(*batch, *logits.shape[1:])
         return (logits, states) if return_states else logits
 
@@ -224,6 +234,8 @@ class CNNLSTM(nn.Module):
     hidden_sizes: Sequence[int] = (64,)
     dropout: float = 0.0
     recurrent_dropout: float = 0.0
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     def __post_init__(self):
         if len(self.input_shape) != 4:
@@ -243,19 +255,20 @@ class CNNLSTM(nn.Module):
         n, steps = frames.shape[:2]
         h = frames.reshape(n * steps, *frames.shape[2:])  # (B*T, H, W, C): one CNN pass
         for features in self.features:
-            h = nn.relu(Conv(features, (3, 3), padding="SAME")(h))
+            h = nn.relu(Conv(features, (3, 3), padding="SAME", **dtypes(self))(h))
             h = max_pool(h, 2) if min(h.shape[1:3]) >= 2 else h
-        h = nn.relu(nn.Dense(self.embed_dim)(h.reshape(n, steps, -1)))  # (B, T, E)
+        h = nn.relu(nn.Dense(self.embed_dim, **dtypes(self))(h.reshape(n, steps, -1)))  # (B, T, E)
         rnn = StackedRNN(
             self.cell,
             self.hidden_sizes,
             dropout=self.dropout,
             recurrent_dropout=self.recurrent_dropout,
+            **dtypes(self),
         )
         h, _ = rnn(h, _flat_lengths(lengths, batch), train=train)  # (B, H)
         if self.dropout:
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        logits = nn.Dense(self.num_classes)(h)
+        logits = nn.Dense(self.num_classes, **dtypes(self))(h)
         return logits.reshape(*batch, self.num_classes)
 
 
@@ -272,6 +285,8 @@ class Forecaster(nn.Module):
     hidden_sizes: Sequence[int] = (64,)
     dropout: float = 0.0
     recurrent_dropout: float = 0.0
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     def __post_init__(self):
         _check_options(self.cell, self.dropout, self.hidden_sizes, self.recurrent_dropout)
@@ -288,8 +303,11 @@ class Forecaster(nn.Module):
             self.hidden_sizes,
             dropout=self.dropout,
             recurrent_dropout=self.recurrent_dropout,
+            **dtypes(self),
         )(window, _flat_lengths(lengths, batch), train=train)
-        delta = nn.Dense(self.horizon, kernel_init=nn.initializers.zeros)(h)  # (B, horizon)
+        delta = nn.Dense(self.horizon, kernel_init=nn.initializers.zeros, **dtypes(self))(
+            h
+        )  # (B, horizon)
         last = window[:, -1, :1] if lengths is None else _last_valid(window, lengths)
         return (delta + last).reshape(*batch, self.horizon)
 

@@ -92,7 +92,8 @@ def train_step_fn(
     if state.augment:
         batch = batch._replace(x=augment(augment_key, batch.x, state.augment))
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (sums, batch_stats)), grads = grad_fn(state.params, state, batch, dropout_key)
+    with runtime.hand_written_gradients():  # reverse mode only here: the CPU layers' fast paths
+        (loss, (sums, batch_stats)), grads = grad_fn(state.params, state, batch, dropout_key)
     if axis_name is not None:  # equal shards: the mean of shard means is the global mean
         loss, grads, batch_stats = jax.lax.pmean((loss, grads, batch_stats), axis_name)
         sums = jax.lax.psum(sums, axis_name)

@@ -1,0 +1,171 @@
+"""Every registered model under JAX's transformations, forward mode and second order included,
+and in mixed precision.
+
+References: finite differences (`check_grads`), and the reverse-mode Jacobian and Hessian that
+zoo's hand-written CPU gradients give (`runtime.hand_written_gradients`, as in zoo's train
+steps), against forward mode through the plain layers.
+"""
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from zoo import models, runtime
+
+# Small sizes of every model, and one input batch each (float inputs unless tokens).
+SMALL = {
+    "cnn": ({}, (2, 28, 28, 1)),
+    "convnet": ({"input_shape": (8, 6, 2), "features": (3, 4), "dense": (5,)}, (2, 8, 6, 2)),
+    "lstm": ({"input_shape": (4, 3), "hidden_sizes": (3, 2), "num_classes": 5}, (2, 4, 3)),
+    "gru": ({"input_shape": (4, 3), "hidden_sizes": (3, 2), "num_classes": 5}, (2, 4, 3)),
+    "bilstm": ({"input_shape": (4, 3), "hidden_sizes": (3,), "num_classes": 5}, (2, 4, 3)),
+    "bigru": ({"input_shape": (4, 3), "hidden_sizes": (3,), "num_classes": 5}, (2, 4, 3)),
+    "charlm": ({"num_classes": 7, "embed_dim": 3, "hidden_sizes": (4,)}, (2, 5)),
+    "cnn_lstm": (
+        {"input_shape": (3, 6, 6, 1), "features": (2,), "embed_dim": 3, "hidden_sizes": (3,)},
+        (2, 3, 6, 6, 1),
+    ),
+    "forecast": ({"input_shape": (5, 2), "hidden_sizes": (3,), "horizon": 2}, (2, 5, 2)),
+}
+# Residual blocks and batch norm (evaluation mode) in the configurable stack as well.
+VARIANTS = {
+    "convnet-residual-bn": (
+        "convnet",
+        {"input_shape": (6, 6, 1), "features": (3,), "residual": True, "batch_norm": True},
+        (2, 6, 6, 1),
+    ),
+    "convnet-tanh-avg": (
+        "convnet",
+        {"input_shape": (8, 6, 2), "features": (3, 4), "activation": "tanh", "pool": "avg"},
+        (2, 8, 6, 2),
+    ),
+}
+CASES = {name: (name, *SMALL[name]) for name in SMALL} | VARIANTS
+PIECEWISE_LINEAR = {"cnn", "convnet", "convnet-residual-bn", "cnn_lstm"}  # relu, max pooling
+
+
+def test_every_registered_model_is_covered():
+    assert sorted(SMALL) == models.names()
+
+
+def _model_and_inputs(case):
+    name, options, shape = CASES[case]
+    model = models.create(name, **options)
+    if models.task(name) == "language":
+        x = jax.random.randint(jax.random.key(1), shape, 0, options["num_classes"])
+    else:
+        x = jax.random.normal(jax.random.key(1), shape)
+    variables = model.init(jax.random.key(0), x)
+    as64 = lambda t: jax.tree.map(lambda a: np.asarray(a, np.float64), t)  # noqa: E731
+    x = x if models.task(name) == "language" else as64(x)
+    return model, as64(variables), x
+
+
+def _output(model, variables):
+    @jax.jit  # one compile per transformation instead of op-by-op dispatch through the scans
+    def apply(params, x):
+        return model.apply({**variables, "params": params}, x)
+
+    return apply
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_forward_and_second_order_derivatives_match_finite_differences(case):
+    # Finite differences of second derivatives cross relu kinks and max-pool switches, which
+    # have none of their own: second order where the model is smooth, first order elsewhere.
+    # A smaller step keeps first-order differences off the kinks too.
+    order, eps = (1, 1e-6) if case in PIECEWISE_LINEAR else (2, 1e-4)
+    with jax.enable_x64(True):
+        model, variables, x = _model_and_inputs(case)
+        apply = _output(model, variables)
+        modes = ["fwd", "rev"]
+        if x.dtype.kind == "i":  # token ids: derivatives with respect to the parameters only
+            check_grads(lambda p: apply(p, x), (variables["params"],), order, modes, eps=eps)
+        else:
+            check_grads(apply, (variables["params"], x), order, modes, eps=eps)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_jvp_and_hessian_vector_products_match_the_hand_written_gradients(case):
+    with jax.enable_x64(True):
+        model, variables, x = _model_and_inputs(case)
+        apply = _output(model, variables)
+        params = variables["params"]
+        keys = iter(jax.random.split(jax.random.key(2), 64))
+        tangent = jax.tree.map(lambda a: jax.random.normal(next(keys), a.shape, a.dtype), params)
+
+        def loss(p):
+            return jnp.sum(jnp.sin(apply(p, x)))
+
+        def flat(tree):
+            return jnp.concatenate([jnp.ravel(a) for a in jax.tree.leaves(tree)])
+
+        # Forward mode through the plain layers.
+        _, jvp = jax.jit(lambda p, t: jax.jvp(lambda p: apply(p, x), (p,), (t,)))(params, tangent)
+        _, hvp = jax.jit(lambda p, t: jax.jvp(jax.grad(loss), (p,), (t,)))(params, tangent)
+
+        # Reverse mode through the hand-written gradients, with the same tangent.
+        @jax.jit
+        def reverse(params, tangent):
+            with runtime.hand_written_gradients():
+                jacobian = jax.jacrev(lambda p: model.apply({**variables, "params": p}, x))
+                return jacobian(params), jax.grad(
+                    lambda p: jnp.vdot(flat(jax.grad(loss_hw)(p)), flat(tangent))
+                )(params)
+
+        def loss_hw(p):  # traced inside `reverse`, so under hand_written_gradients
+            return jnp.sum(jnp.sin(model.apply({**variables, "params": p}, x)))
+
+        jacobian, reverse_hvp = reverse(params, tangent)
+        leaves, tangents = jax.tree.leaves(jacobian), jax.tree.leaves(tangent)
+        expected = sum(jnp.tensordot(j, t, t.ndim) for j, t in zip(leaves, tangents, strict=True))
+        np.testing.assert_allclose(jvp, expected, rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(flat(hvp), flat(reverse_hvp), rtol=1e-6, atol=1e-9)
+        if flat(params).size < 2000:  # the whole Hessian: jacfwd of jacrev
+            unravel = jax.flatten_util.ravel_pytree(params)[1]
+            hessian = jax.hessian(lambda v: loss(unravel(v)))(flat(params))
+            np.testing.assert_allclose(hessian @ flat(tangent), flat(hvp), rtol=1e-6, atol=1e-9)
+
+
+def test_runtime_jit_takes_forward_mode_of_a_model():
+    model, variables, x = _model_and_inputs("cnn")
+    variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), variables)
+    x = jnp.asarray(x, jnp.float32)
+
+    @runtime.jit
+    def directional(x, v):
+        return jax.jvp(lambda x: model.apply(variables, x), (x,), (v,))[1]
+
+    v = jnp.ones_like(x)
+    expected = jax.jit(directional.__wrapped__)(x, v)
+    np.testing.assert_allclose(directional(x, v), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "case, dtype",
+    [(case, jnp.bfloat16) for case in sorted(CASES)]
+    + [("cnn", jnp.float16), ("convnet-residual-bn", jnp.float16), ("gru", jnp.float16)],
+)
+def test_mixed_precision_keeps_params_in_param_dtype_and_computes_in_dtype(case, dtype):
+    name, options, shape = CASES[case]
+    model = models.create(name, **options, dtype=dtype)
+    if models.task(name) == "language":
+        x = jax.random.randint(jax.random.key(1), shape, 0, options["num_classes"])
+    else:
+        x = jax.random.normal(jax.random.key(1), shape)  # float32 input, as from a data loader
+    variables = model.init(jax.random.key(0), x)
+    assert {a.dtype for a in jax.tree.leaves(variables["params"])} == {jnp.dtype(jnp.float32)}
+    y = jax.jit(model.apply)(variables, x)
+    if name != "forecast":  # the forecaster adds its float32 input's last value
+        assert y.dtype == dtype
+    reference = jax.jit(models.create(name, **options).apply)(variables, x)
+    tolerance = 0.05 if dtype == jnp.bfloat16 else 0.01
+    scale = float(jnp.max(jnp.abs(reference))) + 1e-3
+    assert float(jnp.max(jnp.abs(y.astype(jnp.float32) - reference))) <= tolerance * scale
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({**variables, "params": p}, x))))(
+        variables["params"]
+    )
+    assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
