@@ -16,7 +16,14 @@ from zoo import data, models
 from zoo.runtime import reuse_freed_memory
 from zoo.training import ConfigError, TrainConfig, train_and_evaluate
 from zoo.training.checkpoint import CHECKPOINTS, CheckpointError, saved_config
-from zoo.training.config import AUGMENTATIONS, MONITORS, OPTIMIZERS, REGULARIZE, SCHEDULES
+from zoo.training.config import (
+    AUGMENTATIONS,
+    DTYPES,
+    MONITORS,
+    OPTIMIZERS,
+    REGULARIZE,
+    SCHEDULES,
+)
 from zoo.training.loop import NonFiniteError, Preempted
 from zoo.training.parallel import PARALLEL, initialize_distributed
 from zoo.training.search import METHODS, format_table, load_space, parse_space_args, run_search
@@ -101,6 +108,15 @@ _CONFIG_FLAGS = [
         {"type": int, "help": "latest checkpoints kept (default 2)"},
     ),
     ("seed", "--seed", {"type": int, "help": "data split, order, init, dropout, augmentation"}),
+    (
+        "dtype",
+        "--dtype",
+        {
+            "choices": DTYPES,
+            "help": "the computation's dtype; params, optimizer state and loss stay float32, "
+            "float16 adds dynamic loss scaling (default float32)",
+        },
+    ),
 ]
 # Exit status of a run stopped before its end (SIGTERM or --stop-after-steps) once its checkpoint
 # is saved: 128 + SIGTERM, what a scheduler expects of a terminated job.

@@ -18,6 +18,7 @@ matplotlib, `results.png` (examples/s).
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -79,10 +80,12 @@ def jax_steps(
     dtype,
     to_zoo: Callable | None = None,
     jit: Callable = jax.jit,
+    gradients: Callable = contextlib.nullcontext,
 ) -> dict[str, Step]:
     """Train and inference steps of a Flax module compiled by `jit`, their XLA FLOP counts, and
     (with `to_zoo`, which converts its params) its initial logits and weights for the agreement
-    check."""
+    check. The gradient is taken inside `gradients()`: zoo's row asks for its hand-written CPU
+    gradients there, as zoo's own train step does."""
     initial = model.init(jax.random.key(0), x)["params"]
     params = _cast(initial, dtype)
     tx = optax.adam(1e-3)
@@ -94,7 +97,8 @@ def jax_steps(
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     def train(params, opt_state, x, y):
-        grads = jax.grad(loss)(params, x, y)
+        with gradients():
+            grads = jax.grad(loss)(params, x, y)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
@@ -369,7 +373,10 @@ def run_benchmark(name, bench, peers, dtype, rounds, per_round) -> dict:
     y = rng.integers(0, 10, bench.batch).astype(np.int32)
     jax_dtype = jnp.dtype(dtype)
     # zoo's steps are compiled as zoo's training compiles them; Flax's with a plain jax.jit.
-    impls = {"zoo": jax_steps(zoo_model(bench), x, y, jax_dtype, jit=runtime.jit)}
+    zoo = jax_steps(
+        zoo_model(bench), x, y, jax_dtype, jit=runtime.jit, gradients=runtime.hand_written_gradients
+    )
+    impls = {"zoo": zoo}
     impls["flax"] = jax_steps(flax_model(bench), x, y, jax_dtype, lambda p: flax_to_zoo(bench, p))
     if "pytorch" in peers:
         impls["pytorch"] = torch_steps(bench, x, y, dtype)

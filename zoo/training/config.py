@@ -12,6 +12,7 @@ from zoo.data.augment import AUGMENTATIONS
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential")
 REGULARIZE = ("kernels", "all")
+DTYPES = ("float32", "bfloat16", "float16")  # of the computation; params stay float32
 # Validation metrics early stopping and search can watch; False: lower is better.
 MONITORS = {
     "val_loss": False,
@@ -90,6 +91,8 @@ class TrainConfig:
       keep_checkpoints: how many of the latest checkpoints to keep (the best by `monitor` is
         kept besides them).
       seed: fixes the data split, data order, initialisation, dropout and augmentation.
+      dtype: the computation's dtype, 'float32', 'bfloat16' or 'float16'. Parameters, optimizer
+        state and the loss stay float32; 'float16' adds dynamic loss scaling.
     """
 
     model: str = "cnn"
@@ -118,6 +121,7 @@ class TrainConfig:
     checkpoint_every: int | None = None
     keep_checkpoints: int = 2
     seed: int = 0
+    dtype: str = "float32"
 
     def __post_init__(self):
         if isinstance(self.augment, list):  # as read back from JSON
@@ -133,6 +137,7 @@ class TrainConfig:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("regularize", self.regularize, REGULARIZE)
+        _check_choice("dtype", self.dtype, DTYPES)
         if self.schedule == "warmup_cosine":
             _check(
                 self.warmup_steps >= 1,

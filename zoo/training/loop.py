@@ -23,6 +23,7 @@ from zoo.training.config import ConfigError, TrainConfig
 from zoo.training.early_stopping import EarlyStopping, check_monitor, default_monitor
 from zoo.training.metrics import evaluate
 from zoo.training.parallel import DataParallel, prefetch
+from zoo.training.precision import LossScale
 from zoo.training.progress import EpochProgress, on_terminal
 from zoo.training.state import TrainState, build_model, create_train_state
 from zoo.training.steps import summarize_metrics
@@ -247,6 +248,7 @@ def _train_and_evaluate(
         "monitor_value": run.stopper.best if restored else history[-1].get(monitor),
         "best_epoch": run.stopper.best_epoch,
         "num_params": num_params,
+        "dtype": config.dtype,
         **test,
         "train_seconds": train_seconds,
         "examples_per_second": (run.step - run.resumed_at) * config.batch_size / train_seconds,
@@ -336,6 +338,7 @@ def _checkpoint_tree(run: RunState) -> dict[str, Any]:
         "key": jax.random.key_data(state.key),
         "skipped_steps": state.skipped_steps,
         "bad_streak": state.bad_streak,
+        "loss_scale": state.loss_scale._asdict(),
     }
     if run.best is not None:
         tree["best"] = {"params": run.best[0], "batch_stats": run.best[1]}
@@ -352,6 +355,7 @@ def save_checkpoint(
     stopper = run.stopper
     meta = {
         "step": run.step,
+        "dtype": config.dtype,
         "finished": run.finished,
         "config": config.to_dict(),
         "history": run.history,
@@ -373,6 +377,12 @@ def restore_run(
     if restored is None:
         raise ConfigError(f"resume: no checkpoint in {checkpoints.directory}")
     tree, meta = restored
+    trained_in = meta["config"].get("dtype", "float32")
+    if trained_in != config.dtype:
+        raise ConfigError(
+            f"dtype: the run in {os.path.dirname(checkpoints.directory)} trains in {trained_in}, "
+            f"not {config.dtype}; resume it in {trained_in} or start another --out"
+        )
     tree = run.layout.put(tree)
     state = run.state.replace(
         params=tree["params"],
@@ -382,6 +392,7 @@ def restore_run(
         key=jax.random.wrap_key_data(tree["key"]),
         skipped_steps=tree["skipped_steps"],
         bad_streak=tree["bad_streak"],
+        loss_scale=LossScale(**tree["loss_scale"]),
     )
     stopper = run.stopper
     if meta["stopper"]["best_epoch"]:

@@ -13,6 +13,7 @@ from flax.training import train_state
 from zoo import models
 from zoo.data.splits import Dataset
 from zoo.training.config import ConfigError, TrainConfig
+from zoo.training.precision import LossScale, initial_loss_scale
 from zoo.training.regularizers import regularized
 
 
@@ -29,12 +30,14 @@ class TrainState(train_state.TrainState):
     key: jax.Array
     skipped_steps: jax.Array  # steps skipped for a non-finite loss or gradient
     bad_streak: jax.Array  # consecutive non-finite steps up to now
+    loss_scale: LossScale  # the factor on the loss: dynamic for float16, else 1
     task: str = struct.field(pytree_node=False, default="classify")
     l1: float = struct.field(pytree_node=False, default=0.0)
     l2: float = struct.field(pytree_node=False, default=0.0)
     regularize: str = struct.field(pytree_node=False, default="kernels")
     augment: tuple[str, ...] = struct.field(pytree_node=False, default=())
     max_bad_steps: int = struct.field(pytree_node=False, default=5)
+    dynamic_loss_scale: bool = struct.field(pytree_node=False, default=False)
 
 
 def create_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
@@ -103,6 +106,8 @@ def create_train_state(
         key=dropout_key,
         skipped_steps=jnp.zeros((), jnp.int32),
         bad_streak=jnp.zeros((), jnp.int32),
+        loss_scale=initial_loss_scale(config.dtype == "float16"),
+        dynamic_loss_scale=config.dtype == "float16",
         task=task,
         l1=config.l1,
         l2=config.l2,
@@ -115,7 +120,8 @@ def create_train_state(
 
 def build_model(config: TrainConfig, dataset: Dataset):
     """The registry model for `config`, shaped for `dataset`: its input shape (for models that
-    fix one) and its output width (`num_classes`, or a forecaster's `horizon`)."""
+    fix one) and its output width (`num_classes`, or a forecaster's `horizon`), computing in
+    `config.dtype` with float32 parameters."""
     accepted = models.options(config.model)
     fixed = {"horizon" if "horizon" in accepted else "num_classes": dataset.num_classes}
     if "input_shape" in accepted:
@@ -123,4 +129,11 @@ def build_model(config: TrainConfig, dataset: Dataset):
     clash = sorted(set(fixed) & set(config.model_options))
     if clash:
         raise ConfigError(f"model_options may not set {', '.join(clash)}: the dataset decides them")
-    return models.create(config.model, **fixed, **config.model_options)
+    precision = sorted({"dtype", "param_dtype"} & set(config.model_options))
+    if precision:
+        raise ConfigError(
+            f"model_options may not set {', '.join(precision)}: dtype (--dtype) decides the "
+            "computation's, and parameters stay float32"
+        )
+    dtype = None if config.dtype == "float32" else jnp.dtype(config.dtype)
+    return models.create(config.model, **fixed, **config.model_options, dtype=dtype)

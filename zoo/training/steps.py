@@ -15,6 +15,7 @@ import optax
 from zoo import runtime
 from zoo.data.augment import augment
 from zoo.data.batching import Batch
+from zoo.training.precision import MIN_SCALE, unscale, update_loss_scale
 from zoo.training.regularizers import Params, penalty
 from zoo.training.state import TrainState
 
@@ -32,7 +33,9 @@ def _row_weights(mask: jax.Array, like: jax.Array) -> jax.Array:
 
 
 def compute_metrics(task: str, outputs: jax.Array, batch: Batch) -> Metrics:
-    """Summed loss (and correct predictions) over the unmasked rows, with their count."""
+    """Summed loss (and correct predictions) over the unmasked rows, with their count; in
+    float32 whatever the outputs' dtype."""
+    outputs = outputs.astype(jnp.float32)
     if task == "regress":
         errors = jnp.mean(jnp.square(outputs - batch.y), axis=-1)  # (B,)
         weights = _row_weights(batch.mask, errors)
@@ -80,6 +83,10 @@ def train_step_fn(
     so every device applies the global batch's update; dropout and augmentation keys also fold
     in the device index so shards draw different masks.
 
+    With `state.dynamic_loss_scale` (float16) the loss is multiplied by `state.loss_scale`
+    before differentiating and the gradients divided by it after (`zoo.training.precision`); a
+    step that overflows halves the scale and counts as bad only once the scale is down to 1.
+
     A step whose loss or gradients are not finite changes nothing but the step and the counters
     `skipped_steps` and `bad_streak` (its metric sums are zero); once `bad_streak` reaches
     `state.max_bad_steps` every later step is skipped too, so the loop can stop the run with
@@ -91,9 +98,11 @@ def train_step_fn(
     dropout_key, augment_key = jax.random.split(step_key)
     if state.augment:
         batch = batch._replace(x=augment(augment_key, batch.x, state.augment))
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = jax.value_and_grad(_scaled_loss_fn, has_aux=True)
     with runtime.hand_written_gradients():  # reverse mode only here: the CPU layers' fast paths
-        (loss, (sums, batch_stats)), grads = grad_fn(state.params, state, batch, dropout_key)
+        (_, (loss, sums, batch_stats)), grads = grad_fn(state.params, state, batch, dropout_key)
+    if state.dynamic_loss_scale:
+        grads = unscale(grads, state.loss_scale)
     if axis_name is not None:  # equal shards: the mean of shard means is the global mean
         loss, grads, batch_stats = jax.lax.pmean((loss, grads, batch_stats), axis_name)
         sums = jax.lax.psum(sums, axis_name)
@@ -102,6 +111,11 @@ def train_step_fn(
     )
     good = finite & (state.bad_streak < state.max_bad_steps)
     updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    # A float16 overflow while the scale can still shrink is the scaling at work, not a bad step.
+    counts = ~finite & (state.loss_scale.scale <= MIN_SCALE) if state.dynamic_loss_scale else True
+    loss_scale = state.loss_scale
+    if state.dynamic_loss_scale:
+        loss_scale = update_loss_scale(state.loss_scale, finite)
 
     def keep_if_good(new, old):
         return jax.tree.map(lambda a, b: jnp.where(good, a, b), new, old)
@@ -111,9 +125,17 @@ def train_step_fn(
         opt_state=keep_if_good(updated.opt_state, state.opt_state),
         batch_stats=keep_if_good(updated.batch_stats, state.batch_stats),
         skipped_steps=state.skipped_steps + (~good).astype(jnp.int32),
-        bad_streak=jnp.where(good, 0, state.bad_streak + 1),
+        bad_streak=jnp.where(good, 0, state.bad_streak + jnp.asarray(counts, jnp.int32)),
+        loss_scale=loss_scale,
     )
     return state, jax.tree.map(lambda v: jnp.where(good, v, jnp.zeros_like(v)), sums)
+
+
+def _scaled_loss_fn(params, state, batch, dropout_key):
+    """`loss_fn` times the state's loss scale (float16 training), the loss itself kept aside."""
+    loss, (sums, batch_stats) = loss_fn(params, state, batch, dropout_key)
+    scaled = loss * state.loss_scale.scale if state.dynamic_loss_scale else loss
+    return scaled, (loss, sums, batch_stats)
 
 
 train_step = runtime.jit(train_step_fn, donate_argnums=0)
