@@ -111,10 +111,11 @@ def train_step_fn(
     )
     good = finite & (state.bad_streak < state.max_bad_steps)
     updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    # A float16 overflow while the scale can still shrink is the scaling at work, not a bad step.
-    counts = ~finite & (state.loss_scale.scale <= MIN_SCALE) if state.dynamic_loss_scale else True
-    loss_scale = state.loss_scale
+    loss_scale, counts = state.loss_scale, True
     if state.dynamic_loss_scale:
+        # A float16 overflow while the scale can still shrink is the scaling at work, not a bad
+        # step.
+        counts = ~finite & (state.loss_scale.scale <= MIN_SCALE)
         loss_scale = update_loss_scale(state.loss_scale, finite)
 
     def keep_if_good(new, old):
