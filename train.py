@@ -7,13 +7,19 @@ are such runs. Bad flags or values exit with status 2 and one line naming the fl
 
 import argparse
 import ast
+import json
 import os
+import re
 import sys
 
 import jax
+import numpy as np
 
+import zoo
 from zoo import data, models
+from zoo.data import MISSING
 from zoo.runtime import reuse_freed_memory
+from zoo.trained import WHICH, read_inputs
 from zoo.training import ConfigError, TrainConfig, train_and_evaluate
 from zoo.training.checkpoint import CHECKPOINTS, CheckpointError, saved_config
 from zoo.training.config import (
@@ -24,7 +30,7 @@ from zoo.training.config import (
     REGULARIZE,
     SCHEDULES,
 )
-from zoo.training.loop import NonFiniteError, Preempted
+from zoo.training.loop import NonFiniteError, Preempted, load_dataset
 from zoo.training.parallel import PARALLEL, initialize_distributed
 from zoo.training.search import METHODS, format_table, load_space, parse_space_args, run_search
 
@@ -35,10 +41,48 @@ def _names(text: str) -> tuple[str, ...]:
     return () if text == "none" else tuple(name.strip() for name in text.split(",") if name)
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(n) for n in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHT,WIDTH, got {text!r}") from None
+    return height, width
+
+
 # (config field, flag, argparse options); every flag defaults to None, meaning "the preset".
 _CONFIG_FLAGS = [
     ("dataset", "--dataset", {"choices": data.DATASETS, "help": "dataset" + PRESET}),
-    ("data_path", "--data-path", {"help": "mnist.npz or a directory of IDX files"}),
+    (
+        "data_path",
+        "--data-path",
+        {
+            "metavar": "PATH",
+            "help": "images: a folder of class folders (or train/, val/, test/ of them); text: a "
+            "UTF-8 file; csv: a CSV file; arrays: an .npz or .jsonl; mnist: mnist.npz or IDX files",
+        },
+    ),
+    (
+        "image_size",
+        "--image-size",
+        {"type": _size, "metavar": "H,W", "help": "images: resize to H,W (default: their own)"},
+    ),
+    (
+        "channels",
+        "--channels",
+        {"type": int, "choices": (1, 3), "help": "images: 1 gray or 3 RGB (default: the images')"},
+    ),
+    (
+        "skip_bad_files",
+        "--skip-bad-files",
+        {"action": "store_const", "const": True, "help": "images: skip unreadable files"},
+    ),
+    ("column", "--column", {"metavar": "NAME", "help": "csv: the column to forecast"}),
+    ("time_column", "--time-column", {"metavar": "NAME", "help": "csv: sort rows by this column"}),
+    (
+        "missing",
+        "--missing",
+        {"choices": MISSING, "help": "csv: what empty or NaN cells do (default error)"},
+    ),
     ("epochs", "--epochs", {"type": int, "help": "passes over the training split" + PRESET}),
     ("batch_size", "--batch-size", {"type": int, "help": "examples per step" + PRESET}),
     ("optimizer", "--optimizer", {"help": ", ".join(OPTIMIZERS) + PRESET}),
@@ -308,7 +352,103 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.for_model(args.model or "cnn", **overrides)
 
 
+USE_COMMANDS = ("predict", "evaluate")
+
+
+def parse_use_args(argv: list[str]) -> argparse.Namespace:
+    """`predict` and `evaluate`: what a trained run in `--run DIR` says about new inputs."""
+    command = argv[0]
+    parser = _Parser(prog=f"train.py {command}", description=_use_main.__doc__)
+    parser.add_argument("--run", required=True, metavar="DIR", help="a train.py --out")
+    parser.add_argument(
+        "--which", choices=WHICH, default="best", help="best (early-stopped) or latest params"
+    )
+    if command == "predict":
+        parser.add_argument("inputs", nargs="*", metavar="INPUT", help="images, .npy, or CSV")
+        parser.add_argument("--top-k", type=int, default=3, help="classes shown per input")
+        parser.add_argument("--json", action="store_true", help="print JSON")
+        parser.add_argument("--prompt", help="charlm: the text to continue")
+        parser.add_argument("--length", type=int, help="charlm: characters (default 200)")
+        parser.add_argument("--temperature", type=float, help="charlm: sampling (default 1)")
+        parser.add_argument("--seed", type=int, help="charlm: sampling (default 0)")
+        parser.add_argument("--column", help="forecast: the CSV column (default: the run's)")
+    else:
+        parser.add_argument(
+            "--dataset", choices=data.DATASETS, help="evaluate on another dataset's test split"
+        )
+        parser.add_argument("--data-path", metavar="PATH", help="its file or folder")
+    args = parser.parse_args(argv[1:])
+    args.command = command
+    return args
+
+
+def _use_main(args: argparse.Namespace) -> int:
+    """Predict with, or evaluate, the model a train.py run trained."""
+    trained = zoo.load(args.run, which=args.which)
+    if args.command == "evaluate":
+        config = trained.config
+        if args.dataset is not None or args.data_path is not None:
+            dataset = args.dataset or config.dataset
+            config = TrainConfig.from_dict(
+                {**config.to_dict(), **dict.fromkeys(config.data_options())}
+                | {"dataset": dataset, "data_path": args.data_path}
+            )
+        dataset = load_dataset(config, args.run, log=lambda line: None)
+        metrics = trained.evaluate(dataset.test)
+        metrics.pop("confusion_matrix", None)
+        print(json.dumps({f"test_{k}": v for k, v in metrics.items()}))
+        return 0
+    sampling = {"--prompt": args.prompt, "--length": args.length,
+                "--temperature": args.temperature, "--seed": args.seed}  # fmt: skip
+    if trained.task == "language":
+        if args.prompt is None or args.inputs:
+            raise ConfigError("predict with a charlm takes --prompt TEXT and no INPUT files")
+        text = trained.sample(
+            args.prompt,
+            200 if args.length is None else args.length,
+            temperature=1.0 if args.temperature is None else args.temperature,
+            seed=args.seed or 0,
+        )
+        print(text)
+        return 0
+    given = [flag for flag, value in sampling.items() if value is not None]
+    given += ["--column"] if args.column is not None and trained.task != "regress" else []
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)}: not read by a {trained.config.model} model "
+            "(--prompt/--length/--temperature/--seed: charlm; --column: forecast)"
+        )
+    if not args.inputs:
+        raise ConfigError("predict needs INPUT files (images, .npy arrays, or CSV)")
+    batch, names = read_inputs(trained, args.inputs, column=args.column)
+    outputs = trained.predict(batch)
+    classes = trained.class_names or tuple(str(i) for i in range(outputs.shape[-1]))
+    rows = []
+    for name, output in zip(names, outputs, strict=True):
+        if trained.task == "regress":
+            rows.append({"input": name, "forecast": output.tolist()})
+        else:
+            top = np.argsort(-output)[: args.top_k]
+            shown = [{"class": classes[i], "probability": float(output[i])} for i in top]
+            rows.append({"input": name, "top": shown})
+    if args.json:
+        print(json.dumps(rows))
+    for row in [] if args.json else rows:
+        if "forecast" in row:
+            print(f"{row['input']}: {', '.join(f'{v:.4g}' for v in row['forecast'])}")
+        else:
+            shown = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"])
+            print(f"{row['input']}: {shown}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] and argv[0] in USE_COMMANDS:
+        try:
+            return _use_main(parse_use_args(argv))
+        except (ValueError, FileNotFoundError, ImportError, CheckpointError) as error:
+            print(f"train.py: error: {_with_flag(str(error))}", file=sys.stderr)
+            return 2
     args = parse_args(argv)
     reuse_freed_memory()  # XLA:CPU's per-step buffers stop costing page faults (zoo.runtime)
     if args.debug_nans:
@@ -381,9 +521,12 @@ def _field_names(pairs: list[str]) -> list[str]:
 
 
 def _with_flag(message: str) -> str:
-    """Names the CLI flag instead of the config field, where a message starts with a field."""
+    """Names the CLI flag instead of the config field, where a message starts with a field, and
+    wherever it names data_path."""
     field = message.split(" ", 1)[0]
-    return message.replace(field, _FLAGS[field], 1) if field in _FLAGS else message
+    if field in _FLAGS:
+        message = message.replace(field, _FLAGS[field], 1)
+    return re.sub(r"\bdata_path\b", "--data-path", message)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ One persistent compilation cache serves the whole session, subprocesses included
 the environment): many tests start `train.py` on the same model, and a cached executable halves
 such a run. The cache is fresh per session, so it never outlives the code that filled it.
 
+Tests marked `slow` run first, so that with one xdist worker per core the longest ones start
+early instead of leaving one worker busy at the end.
+
 Under CI (`CI` set, as `.ci/run` runs) a test skipped for a missing package fails instead: the
 test command installs every peer (PyTorch's CPU build, Keras), so a parity test that would skip
 means an install step is missing.
@@ -25,6 +28,10 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 def pytest_unconfigure(config):
     shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: else as found
 
 
 @pytest.fixture

@@ -3,6 +3,9 @@
 Slow (the char LM trains for about two minutes) but cheap next to what they guard.
 """
 
+import json
+
+import numpy as np
 import pytest
 
 from zoo.training import TrainConfig, train_and_evaluate
@@ -37,3 +40,24 @@ def test_forecaster_beats_the_naive_forecast(tmp_path):
 def test_char_lm_on_cpython_prose(tmp_path):
     results = run("charlm", tmp_path)
     assert results["test_bpc"] <= 1.8
+
+
+def test_seed_cnn_on_a_png_folder_of_the_digits(tmp_path):
+    """Issue 17: the digits written as 28x28 PNGs train as well as the bundled arrays."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("PIL")
+    from zoo.data import load_digits
+    from zoo.data.images import save_image_folder
+
+    digits = load_digits()
+    x = np.concatenate([split.x for split in digits[:3]])
+    y = np.concatenate([split.y for split in digits[:3]])
+    save_image_folder(tmp_path / "png", x, y, [str(label) for label in range(10)])
+    config = TrainConfig(
+        model="cnn", dataset="images", data_path=str(tmp_path / "png"), epochs=20,
+        learning_rate=2e-3,
+    )  # fmt: skip
+    results = train_and_evaluate(config, str(tmp_path / "run"), log=lambda line: None)
+    sizes = json.loads((tmp_path / "run" / "dataset.json").read_text())["sizes"]
+    assert list(sizes.values()) == [len(split.x) for split in digits[:3]]
+    assert results["test_accuracy"] >= 0.97

@@ -67,7 +67,7 @@ def test_model_preset_picks_its_dataset(tmp_path):
         (["--model", "resnet"], "argument --model: invalid choice: 'resnet'"),
         (["--optimizer", "adagrad"], "--optimizer must be one of adam, adamw, sgd, rmsprop"),
         (["--batch-size", "5000"], "--batch-size 5000 is larger than the 1258 training examples"),
-        (["--dataset", "mnist"], "mnist dataset needs a path"),
+        (["--dataset", "mnist"], "--dataset 'mnist' needs --data-path: mnist.npz or IDX"),
         (["--dataset", "mnist", "--data-path", "/nope.npz"], "/nope.npz"),
         (["--model-option", "features"], "--model-option expects KEY=VALUE"),
         (["--model-option", "depth=3"], "model 'cnn' has no option depth"),
@@ -92,12 +92,22 @@ def test_model_preset_picks_its_dataset(tmp_path):
         ),
     ],
 )
-def test_bad_flags_exit_nonzero_with_one_line(tmp_path, args, flag):
-    result = run_cli(*args, "--out", str(tmp_path))
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(errors) == 1 and flag in errors[0], result.stderr
+def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, args, flag):
+    try:
+        code = _main(*args, "--out", str(tmp_path))
+    except SystemExit as exit:  # argparse's errors
+        code = exit.code
+    assert code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 1 and flag in errors[0], errors
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_bad_flag_exits_2_from_a_real_process(tmp_path):
+    result = run_cli("--lr", "-0.1", "--out", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "train.py: error: --lr must be > 0, got -0.1"
+    )
 
 
 def _train_module():

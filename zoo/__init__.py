@@ -1,3 +1,12 @@
 """zoo: CNN and recurrent models as pure JAX functions, with training, data and benchmarks."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `zoo.load` without importing the training stack on `import zoo`.
+    if name == "load":
+        from zoo.trained import load
+
+        return load
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")

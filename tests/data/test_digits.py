@@ -3,7 +3,7 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from zoo.data import load, load_digits  # noqa: E402
+from zoo.data import load_digits  # noqa: E402
 
 
 def test_digits_shapes_ranges_and_splits():
@@ -45,13 +45,3 @@ def test_resized_image_keeps_the_digit():
         small.test.x[:, :7, :7, 0].reshape(len(down), -1).ravel(),
     )[0, 1]
     assert corr > 0.5
-
-
-def test_load_by_name_errors():
-    with pytest.raises(
-        ValueError,
-        match="unknown dataset 'cifar'; choose from: digits, digits-seq, digits-strips, text",
-    ):
-        load("cifar")
-    with pytest.raises(ValueError, match="mnist dataset needs a path"):
-        load("mnist")

@@ -3,7 +3,14 @@ import pytest
 
 pytest.importorskip("statsmodels")
 
-from zoo.data.series import load_series, naive_forecast_mse, sliding_windows, sunspots  # noqa: E402
+from zoo.data import DataError, series  # noqa: E402
+from zoo.data.series import (  # noqa: E402
+    load_csv_series,
+    load_series,
+    naive_forecast_mse,
+    sliding_windows,
+    sunspots,
+)
 
 
 def test_sunspots_are_the_real_yearly_series():
@@ -36,3 +43,80 @@ def test_naive_forecast_mse_formula():
     )
     # windows [0,1]->3, [1,3]->6, [3,6]->10: errors 2, 3, 4.
     assert naive_forecast_mse(split) == pytest.approx((4 + 9 + 16) / 3)
+
+
+def _csv(tmp_path, text, name="series.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _ramp_csv(tmp_path, values, header="year,value", name="series.csv"):
+    rows = "".join(f"{1900 + i},{v}\n" for i, v in enumerate(values))
+    return _csv(tmp_path, f"{header}\n{rows}", name)
+
+
+def test_a_csv_column_is_windowed_and_standardised_like_the_sunspots(tmp_path):
+    values = np.sin(np.arange(120) / 5).astype(np.float32) * 10 + 50
+    path = _ramp_csv(tmp_path, values)
+    dataset = load_csv_series(path, column="value", window=6)
+    expected = load_series(values=values, window=6)
+    for got, want in zip(dataset[:3], expected[:3], strict=True):
+        np.testing.assert_array_equal(got.x, want.x)
+        np.testing.assert_array_equal(got.y, want.y)
+    train = values[: 120 - 2 * 18]
+    assert dataset.stats == pytest.approx({"mean": train.mean(), "std": train.std()})
+    # The only column besides the time column needs no --column.
+    np.testing.assert_array_equal(
+        load_csv_series(path, time_column="year", window=6).train.x, dataset.train.x
+    )
+
+
+def test_rows_are_sorted_by_the_time_column(tmp_path):
+    values = np.arange(60, dtype=np.float32) ** 1.5
+    rows = [f"2020-01-{i:02d}T00:00,{v}" for i, v in enumerate(values)]
+    shuffled = [rows[i] for i in np.random.default_rng(0).permutation(60)]
+    path = _csv(tmp_path, "when,load\n" + "\n".join(shuffled) + "\n")
+    dataset = load_csv_series(path, column="load", time_column="when", window=4)
+    np.testing.assert_array_equal(dataset.train.x, load_series(values=values, window=4).train.x)
+
+
+@pytest.mark.parametrize(
+    "missing, expected",
+    [
+        ("interpolate", [1, 2, 3, 4, 5, 6, 6.5, 7]),
+        ("ffill", [1, 2, 2, 4, 5, 6, 6, 7]),
+        ("drop", [1, 2, 4, 5, 6, 7]),
+    ],
+)
+def test_missing_values_are_filled_as_asked(tmp_path, monkeypatch, missing, expected):
+    path = _ramp_csv(tmp_path, ["", "1", "2", "NaN", "4", "5", "6", "", "7"])
+    filled = {}
+    monkeypatch.setattr(series, "load_series", lambda values, **_: filled.update(values=values))
+    load_csv_series(path, missing=missing, time_column="year")
+    if missing == "interpolate":  # the leading gap takes the nearest value
+        expected = [1, *expected]
+    np.testing.assert_allclose(filled["values"], expected)
+
+
+@pytest.mark.parametrize(
+    "text, options, message",
+    [
+        ("t,v\n1,2\n2,3\n", {"column": "w"}, r"column 'w' is not in .*; its columns are: t, v"),
+        ("t,v,w\n1,2,3\n", {}, "has columns t, v, w: choose one with column"),
+        ("t,v\n1,2\n2,abc\n", {"column": "v"}, r"line 3 column 'v': 'abc' is not a number"),
+        ("t,v\n1,2\n2,\n3,4\n", {"column": "v"}, "line 3 column 'v' is missing .*--missing"),
+        ("t,v\n1,2\n2\n", {"column": "v"}, "line 3 has 1 cells; the header has 2"),
+        ("t,v\n1,2\n1,3\n", {"column": "v", "time_column": "t"}, "lines 2 and 3 have the same"),
+        ("t,v\n1,2\n", {"column": "v", "time_column": "x"}, "time_column 'x' is not in"),
+        ("", {}, "is empty"),
+        ("t,v\n", {}, "a header and no rows"),
+        ("t,v\n1,2\n2,3\n", {"column": "v"}, "fewer than window 24"),
+        ("t,v\n1,\n2,\n", {"column": "v", "missing": "drop"}, "has no values"),
+    ],
+)
+def test_bad_csv_files_are_named(tmp_path, text, options, message):
+    path = _csv(tmp_path, text)
+    with pytest.raises(DataError, match=message) as error:
+        load_csv_series(path, **options)
+    assert str(path) in str(error.value)

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from zoo.data import DataError
 from zoo.data import text as text_module
-from zoo.data.text import corpus, decode, encode, load_text, windows
+from zoo.data.text import UNKNOWN, corpus, decode, encode, load_text, load_text_file, windows
 
 
 def test_corpus_is_cpython_prose_with_the_documented_entropy():
@@ -23,7 +24,7 @@ def test_windows_predict_the_next_token():
 def test_splits_are_by_position_and_decode_back():
     text = "".join(f"line {i}: the quick brown fox\n" for i in range(400))
     dataset = load_text(text=text, seq_len=16, validation=0.1, test=0.1)
-    assert dataset.task == "language" and dataset.num_classes == len(set(text))
+    assert dataset.task == "language" and dataset.vocab == "".join(sorted(set(text) | {UNKNOWN}))
     train, val, test = (decode(s.x, dataset.vocab) for s in dataset[:3])
     # Train comes first, test last, and none of them overlap.
     assert text.find(test) > text.find(val) > text.find(train) == 0
@@ -39,13 +40,13 @@ def test_unknown_characters_and_short_text():
 
 def test_token_ids_outside_the_vocabulary_are_refused_at_load(monkeypatch):
     encode_ids = encode
-    monkeypatch.setattr(text_module, "encode", lambda text, vocab: encode_ids(text, vocab) + 1)
+    monkeypatch.setattr(text_module, "encode", lambda *args, **kw: encode_ids(*args, **kw) + 2)
     text = "".join(f"line {i}: the quick brown fox\n" for i in range(40))
-    vocab_size = len(set(text))
+    vocab_size = len(set(text)) + 1  # and the unknown symbol, the last id, which no id is
     with pytest.raises(
         ValueError,
         match=rf"text tokens must be in \[0, {vocab_size}\) \(the vocabulary size\), "
-        rf"found ids 1\.\.{vocab_size}",
+        rf"found ids 2\.\.{vocab_size}",
     ):
         load_text(text=text, seq_len=16)
 
@@ -54,3 +55,40 @@ def test_decode_refuses_ids_outside_the_vocabulary():
     assert decode([2, 0], "abc") == "ca"
     with pytest.raises(ValueError, match=r"tokens must be in \[0, 3\).*found ids -1\.\.2"):
         decode([2, -1], "abc")
+
+
+def test_the_vocabulary_is_the_training_texts_and_the_rest_is_unknown():
+    text = "ab" * 450 + "cab" * 20  # 960 characters: 'c' only after the training part's 864
+    dataset = load_text(text=text, seq_len=8, validation=0.05, test=0.05)
+    assert dataset.vocab == "ab" + UNKNOWN
+    assert dataset.stats == {"unknown_characters": 20}
+    later = "".join(decode(s.x, dataset.vocab) for s in (dataset.validation, dataset.test))
+    assert later.count(UNKNOWN) > 10 and "c" not in later
+
+
+def test_a_text_file_is_read_as_utf8(tmp_path):
+    text = "".join(f"zeile {i}: grüße, ½ café\n" for i in range(200))
+    path = tmp_path / "prose.txt"
+    path.write_text(text, encoding="utf-8")
+    dataset = load_text_file(path, seq_len=16)
+    assert "ü" in dataset.vocab and "½" in dataset.vocab
+    assert decode(dataset.train.x, dataset.vocab) == text[: dataset.train.x.size]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "is empty"),
+        (b"fine line\n" * 3 + b"bad \xff byte", r"not UTF-8 text: byte 34 \(line 4\)"),
+        (b"short", "too short for seq_len 64"),
+    ],
+    ids=["empty", "latin1", "short"],
+)
+def test_bad_text_files_are_named(tmp_path, content, message):
+    path = tmp_path / "t.txt"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message) as error:
+        load_text_file(path)
+    assert str(path) in str(error.value)
+    with pytest.raises(DataError, match="does not exist"):
+        load_text_file(tmp_path / "missing.txt")

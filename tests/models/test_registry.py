@@ -96,10 +96,10 @@ def test_every_registered_model_is_covered():
     assert {name for name, *_ in CONFIGS} == set(models.names())
 
 
-def _check_output_shapes(apply, batch_sizes):
-    for name, options, shape, dtype in CONFIGS:
+def _check_output_shapes(apply, batch_sizes, configs=CONFIGS):
+    for name, options, shape, dtype in configs:
         model = models.create(name, **options)
-        variables = model.init(jax.random.key(0), example(shape, dtype, (1,)))
+        variables = jax.jit(model.init)(jax.random.key(0), example(shape, dtype, (1,)))
         for batch in batch_sizes:
             y = apply(model)(variables, example(shape, dtype, (batch,), seed=batch))
             chex.assert_shape(y, (batch, *output_shape(model, shape)))
@@ -107,7 +107,9 @@ def _check_output_shapes(apply, batch_sizes):
 
 
 def test_output_shapes_eagerly_for_a_batch_of_one():
-    _check_output_shapes(lambda model: model.apply, (1,))
+    # One configuration of each model class: eager dispatch costs a minute for all of them.
+    first_of_each = {type(models.create(c[0], **c[1])): c for c in reversed(CONFIGS)}
+    _check_output_shapes(lambda model: model.apply, (1,), list(first_of_each.values()))
 
 
 def test_output_shapes_under_jit():
@@ -118,10 +120,11 @@ def test_output_shapes_under_jit():
 def test_unbatched_and_multi_batch_inputs(key, name, options, shape, dtype):
     model = models.create(name, **options)
     x = example(shape, dtype, (2, 3))
-    variables = model.init(key, x)
-    y = model.apply(variables, x)
+    variables = jax.jit(model.init)(key, x)
+    apply = jax.jit(model.apply)
+    y = apply(variables, x)
     assert y.shape == (2, 3, *output_shape(model, shape))
-    np.testing.assert_allclose(model.apply(variables, x[1, 2]), y[1, 2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(apply(variables, x[1, 2]), y[1, 2], rtol=1e-5, atol=1e-6)
 
 
 def _loss(model, variables):
@@ -135,7 +138,7 @@ def _loss(model, variables):
 def test_params_are_plain_pytrees_for_grad(key, name, options, shape, dtype):
     model = models.create(name, **options)
     x = example(shape, dtype, (4,))
-    variables = model.init(key, x)
+    variables = jax.jit(model.init)(key, x)
     # A point near init, so zero-initialised layers (the forecaster's head) do not block gradients.
     leaves, treedef = jax.tree.flatten(variables["params"])
     noise = [
@@ -152,9 +155,9 @@ def test_vmap_per_example_gradients_and_ensembles(key, index):
     name, options, shape, dtype = CONFIGS[index]
     model = models.create(name, **options)
     x = example(shape, dtype, (4,))
-    variables = model.init(key, x)
+    variables = jax.jit(model.init)(key, x)
     loss = _loss(model, variables)
-    grads = jax.grad(loss)(variables["params"], x)
+    grads = jax.jit(jax.grad(loss))(variables["params"], x)
     # Per-example gradients with vmap add up to the batch gradient (eval mode is per-example).
     per_example = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(variables["params"], x)
     chex.assert_trees_all_close(

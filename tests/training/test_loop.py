@@ -161,3 +161,22 @@ def test_the_train_step_takes_the_hand_written_gradients(monkeypatch):
     seen.clear()
     jax.make_jaxpr(steps.train_step_fn)(state, batch)
     assert len(seen) == 5 and all(seen) == (jax.default_backend() == "cpu")  # 3 convs, 2 pools
+
+
+def test_a_library_user_trains_on_their_own_dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 120).astype(np.int32)
+    x = (rng.normal(size=(120, 5, 2)) + y[:, None, None]).astype(np.float32)
+    lengths = rng.integers(2, 6, 120).astype(np.int32)
+    splits = [Split(x[a:b], y[a:b], lengths[a:b]) for a, b in ((0, 80), (80, 100), (100, 120))]
+    dataset = Dataset(*splits, num_classes=3, class_names=("low", "mid", "high"))
+    config = TrainConfig(
+        model="gru", dataset="mine", epochs=2, batch_size=16,
+        model_options={"hidden_sizes": (8,)},
+    )  # fmt: skip
+    results = train_and_evaluate(config, str(tmp_path), dataset=dataset, log=lambda line: None)
+    assert results["dataset"] == "mine" and results["epochs"] == 2
+    described = json.loads((tmp_path / "dataset.json").read_text())
+    assert described["class_names"] == ["low", "mid", "high"]
+    assert described["input_shape"] == [5, 2] and described["variable_length"] is True
+    assert described["sizes"] == {"train": 80, "validation": 20, "test": 20}

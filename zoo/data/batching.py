@@ -15,11 +15,13 @@ Remainder = Literal["drop", "pad", "keep"]
 
 
 class Batch(NamedTuple):
-    """`x`: `(B, ...)`; `y`: `(B,)`; `mask`: `(B,)` bool, False on padding rows."""
+    """`x`: `(B, ...)`; `y`: `(B,)`; `mask`: `(B,)` bool, False on padding rows; `lengths`:
+    `(B,)` valid steps of sequences padded at the end, or None."""
 
     x: np.ndarray
     y: np.ndarray
     mask: np.ndarray
+    lengths: np.ndarray | None = None
 
 
 def epoch_order(num_examples: int, *, seed: int, epoch: int) -> np.ndarray:
@@ -74,4 +76,5 @@ def batches(
             idx = np.concatenate([idx, np.full(batch_size - len(idx), order[0])])
         rows = slice(index * len(idx) // count, (index + 1) * len(idx) // count)
         idx, mask = idx[rows], mask[rows]
-        yield Batch(split.x[idx], split.y[idx], mask)
+        lengths = None if split.lengths is None else split.lengths[idx]
+        yield Batch(split.x[idx], split.y[idx], mask, lengths)

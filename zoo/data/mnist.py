@@ -8,11 +8,11 @@ Every malformed file fails with a `ValueError` that names it.
 
 import gzip
 import os
-import zipfile
 
 import numpy as np
 
-from zoo.data.splits import Dataset, Split, split_by_seed
+from zoo.data.arrays import read_npz
+from zoo.data.splits import DataError, Dataset, Split, split_by_seed
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
 _IDX_DTYPES = {
@@ -107,25 +107,14 @@ def _load_npz(filename: str) -> dict[str, np.ndarray]:
         "test_images": "x_test",
         "test_labels": "y_test",
     }
-    if not zipfile.is_zipfile(filename):
-        # np.load would take it for a pickle, the one format left once npy and npz are ruled out.
-        raise ValueError(
-            f"{filename} is not an npz (zip) archive; MNIST needs mnist.npz or IDX files"
-        )
     try:
-        with np.load(filename, allow_pickle=False) as archive:
-            missing = sorted(set(keys.values()) - set(archive.files))
-            if missing:
-                raise ValueError(
-                    f"{filename} lacks arrays {missing}; found {sorted(archive.files)}"
-                )
-            raw = {key: archive[name] for key, name in keys.items()}
-    except (OSError, zipfile.BadZipFile, EOFError) as error:
-        raise ValueError(f"cannot read MNIST archive {filename}: {error}") from error
-    except ValueError as error:
-        if "pickle" in str(error):
-            raise ValueError(f"{filename} holds pickled objects; refusing to load it") from error
-        raise
+        archive = read_npz(filename)
+    except DataError as error:
+        raise DataError(f"{error}; MNIST needs mnist.npz or IDX files") from None
+    missing = sorted(set(keys.values()) - set(archive))
+    if missing:
+        raise DataError(f"{filename} lacks arrays {missing}; found {sorted(archive)}")
+    raw = {key: archive[name] for key, name in keys.items()}
     return {key: _checked(raw, key, filename, filename) for key in raw}
 
 

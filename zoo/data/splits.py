@@ -6,19 +6,31 @@ from typing import NamedTuple
 import numpy as np
 
 
+class DataError(ValueError):
+    """A dataset file or folder cannot be used; the message names the file, row or flag."""
+
+
 class Split(NamedTuple):
     """One split: `x` is `(N, *example_shape)`; `y` is `(N,)` int32 class labels ('classify'),
-    `(N, T)` int32 next tokens ('language') or `(N, D)` float32 targets ('regress')."""
+    `(N, T)` int32 next tokens ('language') or `(N, D)` float32 targets ('regress').
+
+    `lengths` `(N,)` int32, for sequences padded at the end: example `i` is `x[i, :lengths[i]]`.
+    `x` may be any array-like with `shape`, `dtype`, `len` and `x[index_array]` (images decoded
+    as they are read, for example).
+    """
 
     x: np.ndarray
     y: np.ndarray
+    lengths: np.ndarray | None = None
 
 
 class Dataset(NamedTuple):
     """Train/validation/test splits plus what a model needs to know about them.
 
     `num_classes` is the model's output width: classes, vocabulary size, or forecast horizon.
-    `vocab` maps token ids to characters for language datasets.
+    `vocab` maps token ids to characters for language datasets, `class_names` names a
+    classifier's classes, and `stats` holds what was fitted on the training split to prepare the
+    inputs (a series' `mean` and `std`): what a trained model needs to be used on new data.
     """
 
     train: Split
@@ -27,6 +39,8 @@ class Dataset(NamedTuple):
     num_classes: int
     task: str = "classify"
     vocab: str | None = None
+    class_names: tuple[str, ...] | None = None
+    stats: dict[str, float] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -4,6 +4,7 @@ Variants are rows of a table (a class plus the options it fixes), not subclasses
 """
 
 import dataclasses
+import inspect
 from typing import Any
 
 import flax.linen as nn
@@ -35,6 +36,11 @@ _TASKS: dict[type[nn.Module], str] = {CharLM: "language", Forecaster: "regress"}
 def task(name: str) -> str:
     """'classify', 'language' or 'regress': the kind of dataset model `name` trains on."""
     return _TASKS.get(_lookup(name)[0], "classify")
+
+
+def takes_lengths(name: str) -> bool:
+    """Whether model `name` takes `lengths` of right-padded sequences after its input."""
+    return "lengths" in inspect.signature(_lookup(name)[0].__call__).parameters
 
 
 def names() -> list[str]:

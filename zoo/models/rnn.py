@@ -126,6 +126,8 @@ class CharLM(nn.Module):
 
     `tokens` `(*batch, T)` int -> logits `(*batch, T, vocab)`; with `return_states=True` also the
     final states (batch axes flattened), which `initial_states` takes back (see `sample`).
+    `lengths` of right-padded sequences is checked and otherwise unused: the model is causal, so
+    its outputs at valid steps never see the padding (the loss masks the padded steps).
     """
 
     num_classes: int  # vocabulary size
@@ -146,12 +148,14 @@ class CharLM(nn.Module):
     def __call__(
         self,
         tokens: jax.Array,
+        lengths: jax.Array | None = None,
         *,
         initial_states=None,
         return_states: bool = False,
         train: bool = False,
     ):
         batch = batch_shape(tokens, (None,))
+        _flat_lengths(lengths, batch)
         tokens = check_input(tokens, (None,), "charlm", tokens=True)  # (B, T), any T
         _check_token_ids(tokens, self.num_classes)
         h = nn.Embed(self.num_classes, self.embed_dim, **dtypes(self))(tokens)  # (B, T, E)

@@ -39,6 +39,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message names the path."""
 
 
+class _Unreadable(CheckpointError):
+    """One checkpoint cannot be read (an older one may be)."""
+
+
 def _ocp():
     import orbax.checkpoint as ocp
 
@@ -180,39 +184,49 @@ class Checkpointer:
         `warn`, moved aside to `unreadable_checkpoints/` (kept, never deleted) once an older one
         restores, and the previous one is tried; a shape/dtype mismatch is an error at once."""
         steps = self.steps()
-        current = describe_leaves(like)
-        ocp = _ocp()
         unreadable = []
         for step in reversed(steps):
-            path = os.path.join(self.directory, str(step))
-            refuse_pickles(path)
             try:
-                meta = self.read_meta(step)
-            except Exception as error:
-                warn(f"checkpoint {path} is unreadable ({_short(error)}); trying the previous one")
-                unreadable.append(path)
-                continue
-            check_compatible(meta.get("leaves", {}), current, path)
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-            try:
-                restored = self.manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-                )
-                state = restored["state"]
-                if digests(state) != meta["digests"]:
-                    raise ValueError("its arrays differ from the digests recorded when saving")
-            except Exception as error:
-                warn(f"checkpoint {path} is unreadable ({_short(error)}); trying the previous one")
-                unreadable.append(path)
+                restored = self.restore(step, like)
+            except _Unreadable as error:
+                warn(f"{error}; trying the previous one")
+                unreadable.append(os.path.join(self.directory, str(step)))
                 continue
             self._set_aside(unreadable, warn)
-            return state, meta
+            return restored
         if steps:
             raise CheckpointError(
                 f"no readable checkpoint in {self.directory} (tried steps {steps}); refusing to "
                 "start over from random weights"
             )
         return None
+
+    def restore(self, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
+        """Checkpoint `step` as `(state, meta)`, restored into the structure of `like`.
+
+        Raises:
+          ConfigError: when its leaves' shapes or dtypes differ from `like`'s (listing them).
+          CheckpointError: when it cannot be read, or its arrays differ from their digests.
+        """
+        path = os.path.join(self.directory, str(step))
+        refuse_pickles(path)
+        try:
+            meta = self.read_meta(step)
+        except Exception as error:
+            raise _Unreadable(f"checkpoint {path} is unreadable ({_short(error)})") from error
+        check_compatible(meta.get("leaves", {}), describe_leaves(like), path)
+        ocp = _ocp()
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            )
+            state = restored["state"]
+            if digests(state) != meta["digests"]:
+                raise ValueError("its arrays differ from the digests recorded when saving")
+        except Exception as error:
+            raise _Unreadable(f"checkpoint {path} is unreadable ({_short(error)})") from error
+        return state, meta
 
     def _set_aside(self, paths: list[str], warn: Callable[[str], None]) -> None:
         """Moves unreadable checkpoints out of the way of new saves of the same steps."""

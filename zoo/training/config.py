@@ -7,6 +7,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from zoo.data import MISSING, SOURCES, DataError, check_source
 from zoo.data.augment import AUGMENTATIONS
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -59,8 +60,18 @@ class TrainConfig:
     Attributes:
       model: a name from `zoo.models.names()`.
       model_options: extra hyperparameters passed to `zoo.models.create`.
-      dataset: a name from `zoo.data.DATASETS`.
-      data_path: MNIST `.npz` file or IDX directory.
+      dataset: a name from `zoo.data.DATASETS`, or any name for a `Dataset` passed to
+        `train_and_evaluate`.
+      data_path: the file or folder of a dataset that reads one (`zoo.data.SOURCES`): an image
+        folder, a text or CSV file, an `.npz` or `.jsonl` of arrays, MNIST files.
+      image_size: `(height, width)` the images of an image folder are resized to; None: their
+        own size.
+      channels: 1 (grayscale) or 3 (RGB) for an image folder; None: what the images are.
+      skip_bad_files: skip (and count) unreadable images instead of stopping.
+      column: the CSV column to forecast; None: the only one besides `time_column`.
+      time_column: the CSV column rows are sorted by; None: the file's order.
+      missing: what empty or NaN CSV cells do: 'error', 'interpolate', 'ffill' or 'drop';
+        None: 'error'.
       epochs: passes over the training split (at most, with early stopping).
       batch_size: examples per step.
       optimizer: 'adam', 'adamw' (Adam with decoupled weight decay), 'sgd' or 'rmsprop'.
@@ -99,6 +110,12 @@ class TrainConfig:
     model_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     dataset: str = "digits"
     data_path: str | None = None
+    image_size: tuple[int, ...] | None = None
+    channels: int | None = None
+    skip_bad_files: bool | None = None
+    column: str | None = None
+    time_column: str | None = None
+    missing: str | None = None
     epochs: int = 20
     batch_size: int = 32
     optimizer: str = "adam"
@@ -124,8 +141,9 @@ class TrainConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        if isinstance(self.augment, list):  # as read back from JSON
-            object.__setattr__(self, "augment", tuple(self.augment))
+        for name in ("augment", "image_size"):  # lists, as read back from JSON
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         for field in dataclasses.fields(self):
             _check_type(field.name, getattr(self, field.name), field.type)
         _check(self.epochs >= 1, "epochs", "must be >= 1", self.epochs)
@@ -138,6 +156,26 @@ class TrainConfig:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("regularize", self.regularize, REGULARIZE)
         _check_choice("dtype", self.dtype, DTYPES)
+        if self.image_size is not None:
+            _check(
+                len(self.image_size) == 2
+                and all(
+                    isinstance(n, int) and not isinstance(n, bool) and n >= 1
+                    for n in self.image_size
+                ),
+                "image_size",
+                "must be two positive integers (height, width)",
+                self.image_size,
+            )
+        if self.channels is not None:
+            _check(self.channels in (1, 3), "channels", "must be 1 or 3", self.channels)
+        if self.missing is not None:
+            _check_choice("missing", self.missing, MISSING)
+        try:  # another name labels arrays given to train_and_evaluate(dataset=...)
+            if self.dataset in SOURCES:
+                check_source(self.dataset, self.data_path, **self.data_options())
+        except DataError as error:
+            raise ConfigError(str(error)) from None
         if self.schedule == "warmup_cosine":
             _check(
                 self.warmup_steps >= 1,
@@ -182,6 +220,21 @@ class TrainConfig:
         )
         if self.monitor is not None:
             _check_choice("monitor", self.monitor, tuple(MONITORS))
+
+    def data_options(self) -> dict[str, Any]:
+        """The dataset's own options that were given (`zoo.data.load`'s keyword options)."""
+        return {
+            name: getattr(self, name)
+            for name in (
+                "image_size",
+                "channels",
+                "skip_bad_files",
+                "column",
+                "time_column",
+                "missing",
+            )
+            if getattr(self, name) is not None
+        }
 
     @property
     def decay(self) -> float:

@@ -38,6 +38,11 @@ def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
         )
     if len(dataset.train.x) == 0:
         raise ConfigError(f"dataset {config.dataset!r} has an empty training split")
+    if dataset.train.lengths is not None and not models.takes_lengths(config.model):
+        raise ConfigError(
+            f"dataset {config.dataset!r} holds sequences of different lengths, which model "
+            f"{config.model!r} cannot take; pad them yourself or pick a recurrent model"
+        )
     if config.batch_size > len(dataset.train.x):
         raise ConfigError(
             f"batch_size {config.batch_size} is larger than the {len(dataset.train.x)} training "
@@ -50,7 +55,10 @@ def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
                 raise ConfigError(
                     f"{name} labels must be in [0, {dataset.num_classes}), found {low}..{high}"
                 )
-        if isinstance(split, Split) and len(split.x) and not np.isfinite(split.x).all():
+        # Arrays only: an image folder's pixels are finite by construction, and read lazily.
+        if isinstance(split, Split) and isinstance(split.x, np.ndarray) and len(split.x):
+            if np.issubdtype(split.x.dtype, np.integer) or np.isfinite(split.x).all():
+                continue
             raise ConfigError(f"{name} split of {config.dataset!r} holds NaN or infinite inputs")
     if config.augment and dataset.train.x.ndim != 4:
         raise ConfigError(
@@ -87,6 +95,7 @@ def train_and_evaluate(
     stop_after_steps: int | None = None,
     parallel: str | DataParallel = "sharding",
     overwrite: bool = False,
+    dataset: Dataset | None = None,
 ) -> dict[str, Any]:
     """Trains `config.model` on `config.dataset`, evaluates on the test split, writes metrics.
 
@@ -108,6 +117,11 @@ def train_and_evaluate(
       parallel: 'sharding' (jit over a mesh of every device), 'pmap' or 'none' (one device), or
         a `DataParallel` layout. In a multi-process run only process 0 logs and writes metrics.
       overwrite: replace what a previous run left in `workdir` (finished or not).
+      dataset: train on these arrays (a `zoo.data.Dataset`) instead of loading
+        `config.dataset`, which then only names them in the run's files.
+
+    What a trained model needs to be used on new data (the input shape, class names, vocabulary,
+    standardisation statistics) goes to `workdir/dataset.json`.
 
     The run holds `workdir`'s lock (`zoo.training.workdir.claim`) from its first write to its
     return: a second run into the same directory fails at once.
@@ -125,6 +139,7 @@ def train_and_evaluate(
     with workdir_lib.claim(workdir):
         return _train_and_evaluate(
             config,
+            dataset,
             workdir,
             log,
             verbose,
@@ -137,10 +152,53 @@ def train_and_evaluate(
         )
 
 
+def load_dataset(config: TrainConfig, workdir: str, log: Callable[[str], None]) -> Dataset:
+    """`config.dataset` read with its options; an image folder caches its decoded pixels in
+    `workdir/cache`."""
+    options = config.data_options()
+    if config.dataset == "images":
+        options |= {"cache_dir": os.path.join(workdir, "cache"), "log": log}
+    return data.load(
+        config.dataset,
+        seed=config.seed,
+        path=config.data_path,
+        task=models.task(config.model),
+        **options,
+    )
+
+
+def describe_dataset(config: TrainConfig, dataset: Dataset) -> dict[str, Any]:
+    """What `dataset.json` holds: how to feed a model trained on `dataset` new inputs."""
+    return {
+        "dataset": config.dataset,
+        "data_path": None if config.data_path is None else os.path.abspath(config.data_path),
+        "task": dataset.task,
+        "input_shape": list(dataset.input_shape),
+        "input_dtype": str(np.dtype(dataset.train.x.dtype)),
+        "num_classes": dataset.num_classes,
+        "class_names": None if dataset.class_names is None else list(dataset.class_names),
+        "vocab": dataset.vocab,
+        "stats": dataset.stats,
+        "variable_length": dataset.train.lengths is not None,
+        "sizes": {name: len(getattr(dataset, name).x) for name in ("train", "validation", "test")},
+    }
+
+
 def _train_and_evaluate(
-    config, workdir, log, verbose, progress, plot, resume, stop_after_steps, parallel, overwrite
+    config,
+    dataset,
+    workdir,
+    log,
+    verbose,
+    progress,
+    plot,
+    resume,
+    stop_after_steps,
+    parallel,
+    overwrite,
 ) -> dict[str, Any]:
-    dataset = data.load(config.dataset, seed=config.seed, path=config.data_path)
+    if dataset is None:
+        dataset = load_dataset(config, workdir, log)
     check_dataset(dataset, config)
     monitor = config.monitor or default_monitor(dataset.task)
     check_monitor(monitor, dataset.task)
@@ -165,10 +223,18 @@ def _train_and_evaluate(
         + (f", {jax.process_count()} processes" if jax.process_count() > 1 else "")
     )
 
+    unknown = (dataset.stats or {}).get("unknown_characters")
+    if unknown:
+        show(
+            f"{unknown:,} validation and test characters are not in the training text's "
+            "vocabulary; they are read as its unknown symbol"
+        )
     has_validation = len(dataset.validation.x) > 0
     checkpoints, resume = open_checkpoints(
         workdir, config, monitor if has_validation else None, resume, log, overwrite
     )
+    if primary:
+        write_json(os.path.join(workdir, "dataset.json"), describe_dataset(config, dataset))
     run = RunState(state, layout, stopper=EarlyStopping(monitor, config.patience, config.min_delta))
     if config.patience is not None:
         run.best = _snapshot(state)
@@ -327,9 +393,8 @@ def _snapshot(state: TrainState) -> tuple[Any, Any]:
     return jax.tree.map(jnp.copy, (state.params, state.batch_stats))
 
 
-def _checkpoint_tree(run: RunState) -> dict[str, Any]:
-    """One host copy of what a checkpoint holds, whatever the device layout."""
-    state = run.state
+def checkpoint_tree(state: TrainState, best: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """What a checkpoint holds of `state` (and of the best epoch's params and batch stats)."""
     tree = {
         "params": state.params,
         "opt_state": state.opt_state,
@@ -340,9 +405,14 @@ def _checkpoint_tree(run: RunState) -> dict[str, Any]:
         "bad_streak": state.bad_streak,
         "loss_scale": state.loss_scale._asdict(),
     }
-    if run.best is not None:
-        tree["best"] = {"params": run.best[0], "batch_stats": run.best[1]}
-    return run.layout.fetch(tree)
+    if best is not None:
+        tree["best"] = {"params": best[0], "batch_stats": best[1]}
+    return tree
+
+
+def _checkpoint_tree(run: RunState) -> dict[str, Any]:
+    """One host copy of what a checkpoint holds, whatever the device layout."""
+    return run.layout.fetch(checkpoint_tree(run.state, run.best))
 
 
 def save_checkpoint(

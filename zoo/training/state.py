@@ -118,14 +118,19 @@ def create_train_state(
     return state.replace(step=jnp.zeros((), jnp.int32))  # the dtype every later step has
 
 
-def build_model(config: TrainConfig, dataset: Dataset):
-    """The registry model for `config`, shaped for `dataset`: its input shape (for models that
+def build_model(config: TrainConfig, dataset: Dataset) -> nn.Module:
+    """`model_for(config, ...)` shaped for `dataset`."""
+    return model_for(config, dataset.num_classes, dataset.input_shape)
+
+
+def model_for(config: TrainConfig, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """The registry model for `config`, shaped for the data: its input shape (for models that
     fix one) and its output width (`num_classes`, or a forecaster's `horizon`), computing in
     `config.dtype` with float32 parameters."""
     accepted = models.options(config.model)
-    fixed = {"horizon" if "horizon" in accepted else "num_classes": dataset.num_classes}
+    fixed = {"horizon" if "horizon" in accepted else "num_classes": num_classes}
     if "input_shape" in accepted:
-        fixed["input_shape"] = dataset.input_shape
+        fixed["input_shape"] = tuple(input_shape)
     clash = sorted(set(fixed) & set(config.model_options))
     if clash:
         raise ConfigError(f"model_options may not set {', '.join(clash)}: the dataset decides them")

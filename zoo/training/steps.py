@@ -42,12 +42,20 @@ def compute_metrics(task: str, outputs: jax.Array, batch: Batch) -> Metrics:
         return {"loss_sum": jnp.sum(errors * weights), "count": jnp.sum(weights)}
     losses = optax.softmax_cross_entropy_with_integer_labels(outputs, batch.y)  # (B,) or (B, T)
     weights = _row_weights(batch.mask, losses)
+    if losses.ndim == 2 and batch.lengths is not None:  # per-step outputs: padded steps count 0
+        steps = jnp.arange(losses.shape[1])[None, :] < batch.lengths[:, None]
+        weights = weights * steps.astype(weights.dtype)
     correct = jnp.argmax(outputs, axis=-1) == batch.y
     return {
         "loss_sum": jnp.sum(losses * weights),
         "correct": jnp.sum(correct * weights),
         "count": jnp.sum(weights),
     }
+
+
+def _inputs(batch: Batch) -> tuple[jax.Array, ...]:
+    """The model's positional inputs: `x`, and the sequences' `lengths` where there are some."""
+    return (batch.x,) if batch.lengths is None else (batch.x, batch.lengths)
 
 
 def loss_fn(
@@ -59,11 +67,11 @@ def loss_fn(
     rngs = {"dropout": dropout_key}
     if state.batch_stats:
         outputs, updates = state.apply_fn(
-            variables, batch.x, train=True, rngs=rngs, mutable=["batch_stats"]
+            variables, *_inputs(batch), train=True, rngs=rngs, mutable=["batch_stats"]
         )
         new_batch_stats = updates["batch_stats"]
     else:
-        outputs = state.apply_fn(variables, batch.x, train=True, rngs=rngs)
+        outputs = state.apply_fn(variables, *_inputs(batch), train=True, rngs=rngs)
         new_batch_stats = state.batch_stats
     sums = compute_metrics(state.task, outputs, batch)
     loss = sums["loss_sum"] / jnp.maximum(sums["count"], 1)
@@ -151,7 +159,8 @@ def eval_step_fn(
     Under `jax.pmap` with `axis_name`, the predictions are gathered and the sums added up over
     the axis, so every device returns those of the global batch.
     """
-    outputs = state.apply_fn(_variables(state.params, state.batch_stats), batch.x, train=False)
+    variables = _variables(state.params, state.batch_stats)
+    outputs = state.apply_fn(variables, *_inputs(batch), train=False)
     predictions = jnp.argmax(outputs, axis=-1) if state.task == "classify" else None
     sums = compute_metrics(state.task, outputs, batch)
     if axis_name is not None:

@@ -1,0 +1,170 @@
+"""zoo.load: a run directory back to a model that predicts what the run measured."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import zoo
+from zoo import data
+from zoo.trained import RunError
+from zoo.training import TrainConfig, train_and_evaluate
+
+pytest.importorskip("sklearn")
+
+
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cnn")
+    config = TrainConfig(model="convnet", epochs=3, patience=1, batch_size=64, seed=1)
+    results = train_and_evaluate(config, str(out), log=lambda line: None)
+    return out, results
+
+
+def test_a_loaded_classifier_reproduces_its_test_accuracy(cnn_run, monkeypatch, tmp_path):
+    out, results = cnn_run
+    monkeypatch.chdir(out.parent)
+    trained = zoo.load(out.name)  # a relative path
+    test = data.load_digits(seed=1).test
+    probabilities = trained.predict(test.x)
+    assert probabilities.shape == (len(test.x), 10)
+    np.testing.assert_allclose(probabilities.sum(-1), 1, rtol=1e-5)
+    correct = int(np.sum(probabilities.argmax(-1) == test.y))
+    assert correct == round(results["test_accuracy"] * len(test.y))  # every example alike
+    assert trained.input_shape == (28, 28, 1) and trained.task == "classify"
+    metrics = trained.evaluate(test)
+    assert metrics["accuracy"] == results["test_accuracy"]
+    assert metrics["loss"] == pytest.approx(results["test_loss"], rel=1e-6)
+    logits = trained.model.apply(trained.variables, test.x[:5])
+    np.testing.assert_allclose(np.asarray(logits).argmax(-1), probabilities[:5].argmax(-1))
+
+
+def test_best_and_latest_parameters(cnn_run):
+    out, results = cnn_run
+    best, latest = zoo.load(out), zoo.load(out, which="latest")
+    if results["best_epoch"] == results["epochs"]:
+        pytest.skip("the last epoch was the best: nothing to tell apart")  # pragma: no cover
+    differ = [
+        not np.array_equal(a, b)
+        for a, b in zip(
+            np.concatenate([np.ravel(v) for v in _leaves(best.variables)]),
+            np.concatenate([np.ravel(v) for v in _leaves(latest.variables)]),
+            strict=True,
+        )
+    ]
+    assert any(differ)
+
+
+def _leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+def test_one_checkpoint_directory_loads_too(cnn_run):
+    out, _ = cnn_run
+    steps = sorted(int(name) for name in os.listdir(out / "checkpoints") if name.isdigit())
+    trained = zoo.load(out / "checkpoints" / str(steps[0]), which="latest")
+    assert trained.step == steps[0]
+
+
+def test_a_forecaster_predicts_in_its_datas_units(tmp_path):
+    pytest.importorskip("statsmodels")
+    out = tmp_path / "forecast"
+    train_and_evaluate(TrainConfig.for_model("forecast", epochs=1), str(out), log=lambda _: None)
+    trained = zoo.load(out)
+    series = data.load_series()
+    stats = json.loads((out / "dataset.json").read_text())["stats"]
+    predicted = trained.predict(series.test.x)
+    raw = np.asarray(trained.model.apply(trained.variables, series.test.x))
+    np.testing.assert_allclose(predicted, raw * stats["std"] + stats["mean"], rtol=1e-5)
+
+
+def test_a_language_model_samples_from_a_prompt(tmp_path):
+    text = "abcabcabd " * 200
+    path = tmp_path / "t.txt"
+    path.write_text(text)
+    out = tmp_path / "lm"
+    config = TrainConfig(
+        model="charlm", dataset="text", data_path=str(path), epochs=1, batch_size=8,
+        model_options={"hidden_sizes": (16,), "embed_dim": 8},
+    )  # fmt: skip
+    train_and_evaluate(config, str(out), log=lambda line: None)
+    trained = zoo.load(out)
+    written = trained.sample("abc", length=30, temperature=0.5, seed=3)
+    assert len(written) == 30 and set(written) <= set(trained.dataset["vocab"])
+    assert written == trained.sample("abc", length=30, temperature=0.5, seed=3)
+    with pytest.raises(ValueError, match=r"prompt characters \['z'\] are not in the model's"):
+        trained.sample("abz")
+
+
+def test_a_path_without_a_run_is_named(tmp_path, cnn_run):
+    with pytest.raises(RunError, match="does not exist"):
+        zoo.load(tmp_path / "nowhere")
+    with pytest.raises(RunError, match="holds no run"):
+        zoo.load(tmp_path)
+    with pytest.raises(ValueError, match="which must be 'best' or 'latest'"):
+        zoo.load(tmp_path, which="first")
+    out, _ = cnn_run
+    with pytest.raises(ValueError, match=r"takes inputs of shape \(batch, 28, 28, 1\), got"):
+        zoo.load(out).predict(np.zeros((2, 28, 28, 3)))
+
+
+def _main(*args):
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, root)
+    try:
+        import train
+    finally:
+        sys.path.remove(root)
+    return train.main(list(args))
+
+
+def test_train_py_evaluate_gives_the_runs_test_metrics(cnn_run, capsys):
+    out, results = cnn_run
+    assert _main("evaluate", "--run", str(out)) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["test_accuracy"] == results["test_accuracy"]
+    assert printed["test_macro_f1"] == pytest.approx(results["test_macro_f1"])
+
+
+def test_train_py_predict_names_the_class_of_png_files(cnn_run, capsys, tmp_path):
+    pytest.importorskip("PIL")
+    from zoo.data.images import save_image_folder
+
+    out, _ = cnn_run
+    test = data.load_digits(seed=1).test
+    trained = zoo.load(out)
+    files = save_image_folder(tmp_path, test.x[:20], test.y[:20], [str(i) for i in range(10)])
+    pixels, _ = zoo.trained.read_inputs(trained, files)
+    right = trained.predict(pixels).argmax(-1) == test.y[:20]
+    assert right.mean() > 0.5
+    assert _main("predict", "--run", str(out), "--json", "--top-k", "2", *files) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["input"] for row in rows] == files
+    for row, label, ok in zip(rows, test.y[:20], right, strict=True):
+        assert len(row["top"]) == 2
+        assert (row["top"][0]["class"] == str(label)) == ok
+    assert _main("predict", "--run", str(out), files[0]) == 0
+    assert capsys.readouterr().out.startswith(f"{files[0]}: ")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "--run", "{tmp}"], "holds no run"),
+        (["predict", "--run", "{run}"], "predict needs INPUT files"),
+        (["predict", "--run", "{run}", "{tmp}/x.txt"], "cannot read"),
+        (["predict", "--run", "{run}", "a.png", "--prompt", "hi"], "--prompt: not read by a"),
+        (["predict", "--run", "{run}", "a.png", "--column", "v"], "--column: not read by a"),
+    ],
+)
+def test_train_py_predict_errors_are_one_line(cnn_run, capsys, tmp_path, args, message):
+    out, _ = cnn_run
+    args = [a.format(tmp=tmp_path, run=out) for a in args]
+    assert _main(*args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines

@@ -1,0 +1,254 @@
+"""Use a trained run: `zoo.load(run_dir)` gives the model, its variables and what feeds it.
+
+    trained = zoo.load("runs/cnn")                   # the early-stopped best parameters
+    probabilities = trained.predict(images)          # (N, classes)
+    logits = trained.model.apply(trained.variables, images)
+    text = zoo.load("runs/charlm").sample("def ", length=200)
+
+A run directory holds what this needs: its checkpoints (config, parameters) and `dataset.json`
+(input shape, class names, vocabulary, standardisation statistics), written by
+`train_and_evaluate`.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zoo import models
+from zoo.data import text as text_lib
+from zoo.data.splits import Split
+from zoo.training.checkpoint import CHECKPOINTS, Checkpointer, CheckpointError
+from zoo.training.config import TrainConfig
+from zoo.training.metrics import evaluate
+from zoo.training.state import create_train_state, model_for
+
+WHICH = ("best", "latest")
+
+
+class RunError(ValueError):
+    """A path holds no usable run; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """A trained model and what it needs to be fed.
+
+    Attributes:
+      model: the Flax module; `model.apply(variables, x)` gives its outputs.
+      variables: `{"params": ..., ["batch_stats": ...]}`, plain pytrees.
+      config: the run's `TrainConfig`.
+      dataset: what the run recorded of its data (`dataset.json`): `input_shape`,
+        `num_classes`, `class_names`, `vocab`, `stats`, `task`, ...
+      step: the checkpoint's step; `which`: 'best' or 'latest' parameters.
+    """
+
+    model: nn.Module
+    variables: dict[str, Any]
+    config: TrainConfig
+    dataset: dict[str, Any]
+    step: int
+    which: str
+
+    @property
+    def task(self) -> str:
+        return self.dataset["task"]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.dataset["input_shape"])
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        names = self.dataset.get("class_names")
+        return None if names is None else tuple(names)
+
+    def predict(self, x, lengths=None, *, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities `(N, classes)` of a classifier, next-token probabilities
+        `(N, T, vocab)` of a language model, or a forecaster's values `(N, horizon)` in the
+        units of its training data (its standardisation undone)."""
+        x = self._checked(x)
+        outputs = []
+        for start in range(0, len(x), batch_size):
+            rows = slice(start, start + batch_size)
+            part = None if lengths is None else jnp.asarray(lengths[rows])
+            outputs.append(np.asarray(_outputs(self.model, self.variables, x[rows], part)))
+        out = np.concatenate(outputs) if outputs else np.zeros((0, self.dataset["num_classes"]))
+        if self.task == "regress":
+            stats = self.dataset.get("stats") or {}
+            return out * stats.get("std", 1.0) + stats.get("mean", 0.0)
+        return np.asarray(jax.nn.softmax(out, axis=-1))
+
+    def evaluate(self, split: Split, *, batch_size: int | None = None) -> dict[str, Any]:
+        """The test metrics of the run's `metrics.json` (without the `test_` prefix) on `split`:
+        loss and accuracy, macro-F1 and the confusion matrix, or bpc, or mse."""
+        x = self._checked(split.x[:1])
+        state = create_train_state(self.model, self.config, jnp.asarray(x), self.task)
+        state = state.replace(
+            params=self.variables["params"], batch_stats=self.variables.get("batch_stats", {})
+        )
+        return evaluate(
+            state, split, batch_size or self.config.batch_size, self.dataset["num_classes"]
+        )
+
+    def sample(
+        self, prompt: str, length: int = 200, *, temperature: float = 1.0, seed: int = 0
+    ) -> str:
+        """`length` characters a language model writes after `prompt`."""
+        if self.task != "language":
+            raise ValueError(f"sample needs a language model; {self.config.model!r} is not one")
+        vocab = self.dataset["vocab"]
+        unknown = sorted(set(prompt) - set(vocab))
+        if unknown:
+            raise ValueError(
+                f"prompt characters {unknown} are not in the model's vocabulary of {len(vocab)}"
+            )
+        tokens = text_lib.encode(prompt, vocab)[None, :]
+        out = models.sample(
+            self.model,
+            self.variables,
+            jnp.asarray(tokens),
+            jax.random.key(seed),
+            length=length,
+            temperature=temperature,
+        )
+        return text_lib.decode(np.asarray(out)[0], vocab)
+
+    def _checked(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        shape = self.input_shape
+        variable = self.dataset.get("variable_length") or self.task == "language"
+        if variable:
+            ok = x.ndim == len(shape) + 1 and x.shape[2:] == shape[1:]
+        else:
+            ok = x.shape[1:] == shape
+        if not ok:
+            raise ValueError(
+                f"{self.config.model} takes inputs of shape (batch, {', '.join(map(str, shape))})"
+                f", got {x.shape}"
+            )
+        return x.astype(self.dataset.get("input_dtype", "float32"))
+
+
+def read_inputs(
+    trained: Trained, paths: list[str], *, column: str | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """A batch for `trained.predict` from files, and a name for each of its rows: images
+    (converted and resized to the model's input), `.npy` arrays (one example, or a batch), or
+    for a forecaster CSV files whose last `window` values of `column` are the input."""
+    from zoo.data import images, series
+
+    shape = trained.input_shape
+    examples = []
+    for path in paths:
+        if path.lower().endswith(images.IMAGE_SUFFIXES):
+            if len(shape) != 3:
+                raise ValueError(f"{path} is an image; {trained.config.model} takes {shape}")
+            examples.append(images.read_image(path, shape)[None])
+        elif path.endswith(".npy"):
+            array = np.load(path, allow_pickle=False)
+            examples.append(array[None] if array.shape == shape else array)
+        elif path.endswith(".csv") and trained.task == "regress":
+            stats = trained.dataset["stats"]
+            values = series.load_csv_values(path, column=column or trained.config.column)
+            if len(values) < shape[0]:
+                raise ValueError(f"{path} has {len(values)} values; the model reads {shape[0]}")
+            window = (values[-shape[0] :] - stats["mean"]) / stats["std"]
+            examples.append(window.reshape(1, *shape))
+        else:
+            raise ValueError(
+                f"cannot read {path}: give image files, .npy arrays"
+                + (" or CSV files" if trained.task == "regress" else "")
+            )
+    batch = [trained._checked(example) for example in examples]
+    names = [
+        path if len(rows) == 1 else f"{path}[{i}]"
+        for path, rows in zip(paths, batch, strict=True)
+        for i in range(len(rows))
+    ]
+    return np.concatenate(batch), names
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _outputs(model, variables, x, lengths):
+    return model.apply(variables, x) if lengths is None else model.apply(variables, x, lengths)
+
+
+def load(path: str | os.PathLike, *, which: str = "best") -> Trained:
+    """The model trained in run directory `path` (or in one of its checkpoint directories,
+    `path/checkpoints/<step>`).
+
+    Args:
+      which: 'best', the parameters of the best validation epoch where the run stopped early
+        (otherwise its last), or 'latest', those of the newest checkpoint.
+
+    Raises:
+      RunError: when `path` holds no run, or no `dataset.json`.
+      CheckpointError: when its checkpoint cannot be read.
+    """
+    if which not in WHICH:
+        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+    run_dir, step = _locate(os.path.abspath(os.fspath(path)))
+    described = _read_dataset_json(run_dir)
+    checkpoints = Checkpointer(run_dir)
+    try:
+        steps = checkpoints.steps()
+        if not steps:
+            raise RunError(f"{run_dir} holds no checkpoint: the run saved none before it ended")
+        step = steps[-1] if step is None else step
+        config = TrainConfig.from_dict(checkpoints.read_meta(step)["config"])
+        model = model_for(config, described["num_classes"], tuple(described["input_shape"]))
+        tree, meta = checkpoints.restore(step, _like(model, config, described, checkpoints, step))
+    finally:
+        checkpoints.close()
+    source = tree["best"] if which == "best" and "best" in tree else tree
+    variables = {"params": source["params"]}
+    if source["batch_stats"]:
+        variables["batch_stats"] = source["batch_stats"]
+    return Trained(model, variables, config, described, int(meta["step"]), which)
+
+
+def _locate(path: str) -> tuple[str, int | None]:
+    """The run directory of `path`, and the step when `path` is one checkpoint."""
+    parent = os.path.dirname(path)
+    if os.path.basename(parent) == CHECKPOINTS and os.path.basename(path).isdigit():
+        return os.path.dirname(parent), int(os.path.basename(path))
+    if not os.path.isdir(path):
+        raise RunError(f"{path} does not exist")
+    if not os.path.isdir(os.path.join(path, CHECKPOINTS)):
+        raise RunError(f"{path} holds no run (no {CHECKPOINTS}/ directory); pass a train.py --out")
+    return path, None
+
+
+def _read_dataset_json(run_dir: str) -> dict[str, Any]:
+    filename = os.path.join(run_dir, "dataset.json")
+    try:
+        with open(filename) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise RunError(
+            f"{run_dir} has no dataset.json (the run predates it); retrain it to use it"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise RunError(f"{filename} is not valid JSON: {error}") from None
+
+
+def _like(model, config, described, checkpoints, step) -> dict[str, Any]:
+    """A tree of the checkpoint's structure, shapes and dtypes, to restore into."""
+    from zoo.training.loop import checkpoint_tree
+
+    example = np.zeros((1, *described["input_shape"]), described.get("input_dtype", "float32"))
+    state = create_train_state(model, config, jnp.asarray(example), described["task"])
+    leaves = checkpoints.read_meta(step).get("leaves", {})
+    has_best = any(name.startswith("['best']") for name in leaves)
+    best = (state.params, state.batch_stats) if has_best else None
+    return jax.device_get(checkpoint_tree(state, best))
+
+
+__all__ = ["WHICH", "CheckpointError", "RunError", "Trained", "load", "read_inputs"]
