@@ -153,6 +153,14 @@ _CONFIG_FLAGS = [
     ),
     ("seed", "--seed", {"type": int, "help": "data split, order, init, dropout, augmentation"}),
     (
+        "init_from",
+        "--init-from",
+        {
+            "metavar": "RUN_DIR",
+            "help": "fine-tune: start from a run's parameters, or 'pretrained' (zoo's own)",
+        },
+    ),
+    (
         "dtype",
         "--dtype",
         {
@@ -352,7 +360,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.for_model(args.model or "cnn", **overrides)
 
 
-USE_COMMANDS = ("predict", "evaluate")
+USE_COMMANDS = ("predict", "evaluate", "export")
 
 
 def parse_use_args(argv: list[str]) -> argparse.Namespace:
@@ -372,6 +380,11 @@ def parse_use_args(argv: list[str]) -> argparse.Namespace:
         parser.add_argument("--temperature", type=float, help="charlm: sampling (default 1)")
         parser.add_argument("--seed", type=int, help="charlm: sampling (default 0)")
         parser.add_argument("--column", help="forecast: the CSV column (default: the run's)")
+    elif command == "export":
+        parser.add_argument("--out", required=True, metavar="FILE", help="the serialized model")
+        parser.add_argument(
+            "--platforms", type=_names, default=("cpu", "cuda"), help="default: cpu,cuda"
+        )
     else:
         parser.add_argument(
             "--dataset", choices=data.DATASETS, help="evaluate on another dataset's test split"
@@ -385,6 +398,13 @@ def parse_use_args(argv: list[str]) -> argparse.Namespace:
 def _use_main(args: argparse.Namespace) -> int:
     """Predict with, or evaluate, the model a train.py run trained."""
     trained = zoo.load(args.run, which=args.which)
+    if args.command == "export":
+        serialized = trained.export(tuple(args.platforms))
+        with open(args.out, "wb") as f:
+            f.write(serialized)
+        print(f"wrote {args.out} ({len(serialized):,} bytes; {', '.join(args.platforms)}): "
+              "jax.export.deserialize(open(FILE, 'rb').read()).call(x)")  # fmt: skip
+        return 0
     if args.command == "evaluate":
         config = trained.config
         if args.dataset is not None or args.data_path is not None:

@@ -168,3 +168,78 @@ def test_train_py_predict_errors_are_one_line(cnn_run, capsys, tmp_path, args, m
     assert _main(*args) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
+
+
+EXPORTED_CALL = """
+import sys
+sys.modules["zoo"] = None  # this process cannot import zoo
+import jax, numpy as np
+jax.config.update("jax_platforms", "cpu")
+exported = jax.export.deserialize(open(sys.argv[1], "rb").read())
+x = np.load(sys.argv[2])
+np.save(sys.argv[3], np.asarray(exported.call(x)))
+"""
+
+
+def test_an_exported_model_runs_without_zoo(cnn_run, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    out, _ = cnn_run
+    exported = tmp_path / "cnn.jax"
+    assert _main("export", "--run", str(out), "--out", str(exported)) == 0
+    assert f"wrote {exported}" in capsys.readouterr().out
+    trained = zoo.load(out)
+    x = data.load_digits(seed=1).test.x[:7]  # any batch size
+    np.save(tmp_path / "x.npy", x)
+    script = tmp_path / "call.py"
+    script.write_text(EXPORTED_CALL)
+    files = [str(exported), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]
+    result = subprocess.run(
+        [sys.executable, str(script), *files], capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    expected = np.asarray(trained.model.apply(trained.variables, x))
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_fine_tuning_on_a_3_class_folder_keeps_all_but_the_head(cnn_run, tmp_path, capsys):
+    pytest.importorskip("PIL")
+    import jax
+
+    from zoo.data.images import save_image_folder
+    from zoo.training import create_train_state
+    from zoo.training.state import initialize_from, model_for
+
+    out, _ = cnn_run
+    trained = zoo.load(out)
+    config = TrainConfig(model="convnet", epochs=1, batch_size=16)
+    state = create_train_state(model_for(config, 3, (28, 28, 1)), config, np.zeros((1, 28, 28, 1)))
+    started, fresh = initialize_from(state, trained.variables["params"], {})
+    assert len(fresh) == 2 and all("(10,)" in f or "10)" in f for f in fresh)  # the head only
+    for (path, new), old in zip(
+        jax.tree_util.tree_flatten_with_path(started.params)[0],
+        jax.tree.leaves(trained.variables["params"]),
+        strict=True,
+    ):
+        if new.shape == old.shape:
+            np.testing.assert_array_equal(new, old, err_msg=jax.tree_util.keystr(path))
+
+    digits = data.load_digits(seed=1)
+    keep = digits.train.y < 3
+    folder = tmp_path / "three"
+    save_image_folder(folder, digits.train.x[keep][:150], digits.train.y[keep][:150], "abc")
+    code = _main("--model", "convnet", "--dataset", "images", "--data-path", str(folder),
+                 "--init-from", str(out), "--epochs", "2", "--batch-size", "16",
+                 "--out", str(tmp_path / "tuned"))  # fmt: skip
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert f"initialised from {out}" in printed.out and "fresh for a new shape" in printed.out
+    metrics = json.loads((tmp_path / "tuned" / "metrics.json").read_text())
+    assert metrics["test_accuracy"] > 0.8  # three digits, from features trained on ten
+
+    with pytest.raises(ValueError, match="another architecture"):
+        other = TrainConfig(model="lstm", epochs=1)
+        lstm = create_train_state(model_for(other, 3, (28, 28)), other, np.zeros((1, 28, 28)))
+        initialize_from(lstm, trained.variables["params"], {})

@@ -97,6 +97,28 @@ class Trained:
             state, split, batch_size or self.config.batch_size, self.dataset["num_classes"]
         )
 
+    def export(self, platforms: tuple[str, ...] = ("cpu", "cuda")) -> bytes:
+        """The inference function `x -> model outputs` (logits, or a forecaster's standardised
+        values) with the weights inside, serialized by `jax.export` for `platforms` with a
+        symbolic batch size (and sequence length, where the model takes any): a process without
+        zoo runs it with `jax.export.deserialize(data).call(x)` (`.call(x, lengths)` for a
+        model trained on sequences of different lengths)."""
+        variables = self.variables
+        shape = self.input_shape
+        dtype = self.dataset.get("input_dtype", "float32")
+        any_length = self.dataset.get("variable_length") or self.task == "language"
+        dims = "b, t" if any_length else "b"
+        symbolic = jax.export.symbolic_shape(dims)
+        spec = jax.ShapeDtypeStruct((*symbolic, *shape[len(symbolic) - 1 :]), dtype)
+        if self.dataset.get("variable_length"):  # and the sequences' lengths
+            infer = jax.jit(lambda x, lengths: self.model.apply(variables, x, lengths))
+            specs = (spec, jax.ShapeDtypeStruct(symbolic[:1], jnp.int32))
+        else:
+            infer = jax.jit(lambda x: self.model.apply(variables, x))
+            specs = (spec,)
+        exported = jax.export.export(infer, platforms=platforms)(*specs)
+        return bytes(exported.serialize())
+
     def sample(
         self, prompt: str, length: int = 200, *, temperature: float = 1.0, seed: int = 0
     ) -> str:

@@ -104,6 +104,10 @@ class TrainConfig:
       seed: fixes the data split, data order, initialisation, dropout and augmentation.
       dtype: the computation's dtype, 'float32', 'bfloat16' or 'float16'. Parameters, optimizer
         state and the loss stay float32; 'float16' adds dynamic loss scaling.
+      init_from: a run directory whose trained parameters start this run (fine-tuning), or
+        'pretrained' for the weights shipped for `model` (`zoo.pretrained`): every parameter
+        of the same path and shape is copied, the others (a head for another number of
+        classes) keep their fresh initialisation. None: start from scratch.
     """
 
     model: str = "cnn"
@@ -139,6 +143,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     dtype: str = "float32"
+    init_from: str | None = None
 
     def __post_init__(self):
         for name in ("augment", "image_size"):  # lists, as read back from JSON

@@ -25,7 +25,7 @@ from zoo.training.metrics import evaluate
 from zoo.training.parallel import DataParallel, prefetch
 from zoo.training.precision import LossScale
 from zoo.training.progress import EpochProgress, on_terminal
-from zoo.training.state import TrainState, build_model, create_train_state
+from zoo.training.state import TrainState, build_model, create_train_state, initialize_from
 from zoo.training.steps import summarize_metrics
 
 
@@ -167,6 +167,26 @@ def load_dataset(config: TrainConfig, workdir: str, log: Callable[[str], None]) 
     )
 
 
+def initialize_from_run(
+    state: TrainState, config: TrainConfig, log: Callable[[str], None] = print
+) -> TrainState:
+    """`state` started from `config.init_from`: a run directory, or 'pretrained' for the
+    weights shipped for `config.model` (`zoo.pretrained`)."""
+    from zoo.trained import load  # zoo.trained builds on this module
+    from zoo.weights import pretrained
+
+    source = config.init_from
+    trained = pretrained(config.model) if source == "pretrained" else load(source)
+    state, fresh = initialize_from(
+        state, trained.variables["params"], trained.variables.get("batch_stats", {})
+    )
+    log(
+        f"initialised from {source} (step {trained.step})"
+        + (f"; fresh for a new shape: {', '.join(fresh)}" if fresh else "")
+    )
+    return state
+
+
 def describe_dataset(config: TrainConfig, dataset: Dataset) -> dict[str, Any]:
     """What `dataset.json` holds: how to feed a model trained on `dataset` new inputs."""
     return {
@@ -209,6 +229,8 @@ def _train_and_evaluate(
     state = create_train_state(
         model, config, dataset.train.x[:1], dataset.task, steps_per_epoch=steps_per_epoch
     )
+    if config.init_from is not None:
+        state = initialize_from_run(state, config, log if verbose else lambda _: None)
     num_params = sum(leaf.size for leaf in jax.tree.leaves(state.params))
     state = layout.put(state)
     primary = jax.process_index() == 0

@@ -142,3 +142,37 @@ def model_for(config: TrainConfig, num_classes: int, input_shape: tuple[int, ...
         )
     dtype = None if config.dtype == "float32" else jnp.dtype(config.dtype)
     return models.create(config.model, **fixed, **config.model_options, dtype=dtype)
+
+
+def initialize_from(state: TrainState, params: Any, batch_stats: Any) -> tuple[TrainState, list]:
+    """`state` with every leaf of `params` and `batch_stats` (a trained model's) whose path and
+    shape it shares; returns it and the paths of the leaves left as initialised.
+
+    Raises:
+      ConfigError: when the two trees' paths differ (another architecture), listing them.
+    """
+    new_params, fresh_params = _copy_matching(state.params, params, "params")
+    new_stats, fresh_stats = _copy_matching(state.batch_stats, batch_stats, "batch_stats")
+    return state.replace(params=new_params, batch_stats=new_stats), fresh_params + fresh_stats
+
+
+def _copy_matching(target: Any, source: Any, name: str) -> tuple[Any, list[str]]:
+    flat = dict(jax.tree_util.tree_flatten_with_path(source)[0])
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(target)
+    paths = {path for path, _ in leaves}
+    differ = sorted(jax.tree_util.keystr(p) for p in paths ^ set(flat))
+    if differ:
+        shown = ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else "")
+        raise ConfigError(
+            f"init_from: the trained model's {name} do not match this model's ({len(differ)} "
+            f"leaves in only one of them: {shown}); it is another architecture"
+        )
+    copied, fresh = [], []
+    for path, leaf in leaves:
+        old = flat[path]
+        if old.shape == leaf.shape:
+            copied.append(jnp.asarray(old, leaf.dtype))
+        else:
+            copied.append(leaf)
+            fresh.append(f"{name}{jax.tree_util.keystr(path)} {tuple(old.shape)}->{leaf.shape}")
+    return jax.tree.unflatten(treedef, copied), fresh
