@@ -3,6 +3,7 @@ cells and a PyTorch CNN."""
 
 import os
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from zoo.layers.importers import (
     from_flax_cell,
     from_keras,
     from_torch,
+    read_state_dict,
 )
 from zoo.layers.recurrent import StackedRNN
 
@@ -196,3 +198,37 @@ def test_conv_and_dense_importer_errors_name_the_problem():
         dense_from_torch(np.zeros((10, 100)), flattened_from=(64, 3, 3))
     with pytest.raises(ValueError, match=r"three Conv2d then two Linear .* shapes \[\(4, 3\)\]"):
         cnn_from_torch({"fc.weight": np.zeros((4, 3))})
+
+
+def test_state_dicts_saved_as_safetensors_import_like_the_live_modules(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(32, 64, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(64, 64, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(576, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10),
+    )  # fmt: skip
+    save_file(net.state_dict(), tmp_path / "cnn.safetensors")  # keys 0., 3., 6., 10., 12.
+    chex.assert_trees_all_equal(
+        cnn_from_torch(read_state_dict(tmp_path / "cnn.safetensors")),
+        cnn_from_torch(net.state_dict()),
+    )
+    rnn = torch.nn.GRU(F, H, num_layers=2, bidirectional=True, batch_first=True)
+    save_file(rnn.state_dict(), tmp_path / "gru.safetensors")
+    chex.assert_trees_all_equal(
+        from_torch(read_state_dict(tmp_path / "gru.safetensors"), "gru"),
+        from_torch(rnn.state_dict(), "gru"),
+    )
+
+
+def test_pickled_checkpoints_are_refused_with_the_way_out(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"\x80\x04not to be unpickled")
+    with pytest.raises(ValueError, match=r"refusing .*model.pt: zoo never unpickles.*save_file"):
+        read_state_dict(path)
+    (tmp_path / "bad.safetensors").write_bytes(b"nonsense")
+    with pytest.raises(ValueError, match="cannot read .*bad.safetensors as safetensors"):
+        read_state_dict(tmp_path / "bad.safetensors")

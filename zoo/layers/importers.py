@@ -11,9 +11,12 @@ already in zoo's layout: `kernel (*window, in, out)`, `bias`); `cnn_from_torch` 
 PyTorch seed CNN (`zoo.models.create("cnn")`'s layers) with them.
 
 All take plain arrays (anything `np.asarray` accepts: CPU tensors, Keras variables), so zoo never
-imports torch or keras.
+imports torch or keras. `read_state_dict` reads a PyTorch state dict saved as safetensors, so the
+same importers take a file; pickled checkpoints (`.pt`, `.pth`) are refused, never unpickled.
 """
 
+import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -224,6 +227,33 @@ def cnn_from_torch(
     params["Dense_0"] = dense_from_torch(*layers[3], flattened_from=(channels, *spatial))
     params["Dense_1"] = dense_from_torch(*layers[4])
     return params
+
+
+PICKLED = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A PyTorch `state_dict` saved with `safetensors.torch.save_file(model.state_dict(), path)`,
+    in the order the module lists its layers ('2.weight' before '10.weight')."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = os.fspath(path)
+    if path.endswith(PICKLED):
+        raise ValueError(
+            f"refusing {path}: zoo never unpickles. Save the state dict as safetensors instead: "
+            "`from safetensors.torch import save_file; save_file(model.state_dict(), "
+            "'model.safetensors')`"
+        )
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"cannot read {path} as safetensors: {error}") from None
+    return {key: tensors[key] for key in sorted(tensors, key=_natural)}
+
+
+def _natural(key: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
 
 
 def _array(value: Any) -> np.ndarray:
