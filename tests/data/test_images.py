@@ -317,3 +317,20 @@ def test_bad_options(tmp_path, options, message):
     write_classes(tmp_path, per_class=1)
     with pytest.raises(DataError, match=message):
         load_image_folder(tmp_path, **options)
+
+
+def test_each_process_of_a_sharded_run_decodes_only_its_rows(tmp_path, monkeypatch):
+    from zoo.data import batches
+
+    write_classes(tmp_path / "folder", per_class=8)
+    train = load_image_folder(tmp_path / "folder", validation=0.0, test=0.0).train
+    whole = [batch.x for batch in batches(train, 6, seed=1, epoch=3)]
+    seen = []
+    for process in range(2):  # what process p of 2 reads of epoch 3, batches of 6
+        decoded = count_calls(monkeypatch, "_decode")
+        rows = [batch.x for batch in batches(train, 6, seed=1, epoch=3, shard=(process, 2))]
+        expected = [x[3 * process : 3 * (process + 1)] for x in whole]
+        np.testing.assert_array_equal(np.concatenate(rows), np.concatenate(expected))
+        assert len(decoded) == 3 * len(rows)  # its three rows of every batch, nothing else
+        seen.append(set(decoded))
+    assert not seen[0] & seen[1]
