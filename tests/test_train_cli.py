@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from train_in_process import main as _main
+from train_in_process import train_module
 
 from zoo.training import ConfigError
 
@@ -93,11 +95,7 @@ def test_model_preset_picks_its_dataset(tmp_path):
     ],
 )
 def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, args, flag):
-    try:
-        code = _main(*args, "--out", str(tmp_path))
-    except SystemExit as exit:  # argparse's errors
-        code = exit.code
-    assert code == 2
+    assert _main(*args, "--out", str(tmp_path)) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(errors) == 1 and flag in errors[0], errors
     assert not (tmp_path / "metrics.json").exists()
@@ -110,30 +108,17 @@ def test_a_bad_flag_exits_2_from_a_real_process(tmp_path):
     )
 
 
-def _train_module():
-    sys.path.insert(0, ROOT)
-    try:
-        import train
-    finally:
-        sys.path.remove(ROOT)
-    return train
-
-
-def _main(*args: str) -> int:
-    return _train_module().main(list(args))
-
-
 @pytest.mark.parametrize(
     "value", ["(16,32", "[8, 16", "16,,32", "3x", "-", "(relu, tanh)", "{1:", "'avg"]
 )
 def test_a_model_option_that_looks_like_a_literal_must_parse(value):
-    train = _train_module()
+    train = train_module()
     with pytest.raises(ConfigError, match=rf"--model-option features={re.escape(value)} is not a"):
         train.parse_model_options([f"features={value}"])
 
 
 def test_model_option_bare_words_and_literals():
-    train = _train_module()
+    train = train_module()
     pairs = ["pool=avg", "cell=gru", "features=(8, 16)", "dropout=0.5", "pool_size=-1", "bias=None"]
     assert train.parse_model_options(pairs) == {
         "pool": "avg",

@@ -2,24 +2,10 @@
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _main(*args: str) -> int:
-    sys.path.insert(0, ROOT)
-    try:
-        import train
-    finally:
-        sys.path.remove(ROOT)
-    try:
-        return train.main(list(args))
-    except SystemExit as exit:  # argparse's own errors
-        return exit.code
+from train_in_process import main as _main
 
 
 def _read(out, name):

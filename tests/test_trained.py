@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from train_in_process import main as _main
 
 import zoo
 from zoo import data
@@ -109,18 +110,6 @@ def test_a_path_without_a_run_is_named(tmp_path, cnn_run):
     out, _ = cnn_run
     with pytest.raises(ValueError, match=r"takes inputs of shape \(batch, 28, 28, 1\), got"):
         zoo.load(out).predict(np.zeros((2, 28, 28, 3)))
-
-
-def _main(*args):
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.path.insert(0, root)
-    try:
-        import train
-    finally:
-        sys.path.remove(root)
-    return train.main(list(args))
 
 
 def test_train_py_evaluate_gives_the_runs_test_metrics(cnn_run, capsys):

@@ -224,9 +224,11 @@ def load(path: str | os.PathLike, *, which: str = "best") -> Trained:
         if not steps:
             raise RunError(f"{run_dir} holds no checkpoint: the run saved none before it ended")
         step = steps[-1] if step is None else step
-        config = TrainConfig.from_dict(checkpoints.read_meta(step)["config"])
+        saved = checkpoints.read_meta(step)
+        config = TrainConfig.from_dict(saved["config"])
         model = model_for(config, described["num_classes"], tuple(described["input_shape"]))
-        tree, meta = checkpoints.restore(step, _like(model, config, described, checkpoints, step))
+        like = _like(model, config, described, saved.get("leaves", {}))
+        tree, meta = checkpoints.restore(step, like)
     finally:
         checkpoints.close()
     source = tree["best"] if which == "best" and "best" in tree else tree
@@ -261,13 +263,13 @@ def _read_dataset_json(run_dir: str) -> dict[str, Any]:
         raise RunError(f"{filename} is not valid JSON: {error}") from None
 
 
-def _like(model, config, described, checkpoints, step) -> dict[str, Any]:
-    """A tree of the checkpoint's structure, shapes and dtypes, to restore into."""
+def _like(model, config, described, leaves) -> dict[str, Any]:
+    """A tree of the checkpoint's structure (`leaves`, as its meta lists them), shapes and
+    dtypes, to restore into."""
     from zoo.training.loop import checkpoint_tree
 
     example = np.zeros((1, *described["input_shape"]), described.get("input_dtype", "float32"))
     state = create_train_state(model, config, jnp.asarray(example), described["task"])
-    leaves = checkpoints.read_meta(step).get("leaves", {})
     has_best = any(name.startswith("['best']") for name in leaves)
     best = (state.params, state.batch_stats) if has_best else None
     return jax.device_get(checkpoint_tree(state, best))

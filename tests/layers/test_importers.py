@@ -175,15 +175,20 @@ def test_flax_cell_importer_names_missing_gates():
         from_flax_cell(variables["params"]["cell"], "lstm")
 
 
-def test_seed_cnn_matches_pytorch():
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
+def torch_seed_cnn(torch):
+    """The seed CNN in PyTorch, as a user would write it."""
+    return torch.nn.Sequential(
         torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
         torch.nn.Conv2d(32, 64, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
         torch.nn.Conv2d(64, 64, 3), torch.nn.ReLU(), torch.nn.Flatten(),
         torch.nn.Linear(576, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10),
     )  # fmt: skip
+
+
+def test_seed_cnn_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch_seed_cnn(torch)
     images = np.random.default_rng(1).normal(size=(3, 28, 28, 1)).astype(np.float32)
     with torch.no_grad():
         expected = net(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
@@ -205,12 +210,7 @@ def test_state_dicts_saved_as_safetensors_import_like_the_live_modules(tmp_path)
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(32, 64, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(64, 64, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-        torch.nn.Linear(576, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10),
-    )  # fmt: skip
+    net = torch_seed_cnn(torch)
     save_file(net.state_dict(), tmp_path / "cnn.safetensors")  # keys 0., 3., 6., 10., 12.
     chex.assert_trees_all_equal(
         cnn_from_torch(read_state_dict(tmp_path / "cnn.safetensors")),

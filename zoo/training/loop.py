@@ -56,9 +56,8 @@ def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
                     f"{name} labels must be in [0, {dataset.num_classes}), found {low}..{high}"
                 )
         # Arrays only: an image folder's pixels are finite by construction, and read lazily.
-        if isinstance(split, Split) and isinstance(split.x, np.ndarray) and len(split.x):
-            if np.issubdtype(split.x.dtype, np.integer) or np.isfinite(split.x).all():
-                continue
+        arrays = isinstance(split, Split) and isinstance(split.x, np.ndarray)
+        if arrays and len(split.x) and not np.isfinite(split.x).all():
             raise ConfigError(f"{name} split of {config.dataset!r} holds NaN or infinite inputs")
     if config.augment and dataset.train.x.ndim != 4:
         raise ConfigError(
