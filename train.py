@@ -17,7 +17,7 @@ import numpy as np
 
 import zoo
 from zoo import data, models
-from zoo.data import MISSING
+from zoo.data import MISSING, RECONSTRUCTION_TASKS
 from zoo.runtime import reuse_freed_memory
 from zoo.trained import WHICH, read_inputs
 from zoo.training import ConfigError, TrainConfig, train_and_evaluate
@@ -266,7 +266,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = _Parser(prog="train.py", description=__doc__.splitlines()[0])
     _add_run_flags(parser)
     parser.add_argument("--out", default="runs/latest", help="directory for metrics and plots")
-    parser.add_argument("--plot", action="store_true", help="write curves.png and confusion.png")
+    parser.add_argument(
+        "--plot",
+        action="store_true",
+        help="write curves.png and confusion.png (autoencoders: reconstructions.png, and for a "
+        "vae samples.png)",
+    )
     parser.add_argument(
         "--resume",
         metavar="DIR",
@@ -442,6 +447,17 @@ def _use_main(args: argparse.Namespace) -> int:
         raise ConfigError("predict needs INPUT files (images, .npy arrays, or CSV)")
     batch, names = read_inputs(trained, args.inputs, column=args.column)
     outputs = trained.predict(batch)
+    if trained.task in RECONSTRUCTION_TASKS:  # how far each input is from what the model knows
+        errors = np.square(outputs - batch).reshape(len(batch), -1).mean(axis=1)
+        rows = [
+            {"input": name, "reconstruction_mse": float(error)}
+            for name, error in zip(names, errors, strict=True)
+        ]
+        if args.json:
+            print(json.dumps(rows))
+        for row in [] if args.json else rows:
+            print(f"{row['input']}: reconstruction mse {row['reconstruction_mse']:.4g}")
+        return 0
     classes = trained.class_names or tuple(str(i) for i in range(outputs.shape[-1]))
     rows = []
     for name, output in zip(names, outputs, strict=True):
@@ -525,9 +541,18 @@ def main(argv: list[str]) -> int:
         print(f"train.py: error: {_with_flag(str(error))}", file=sys.stderr)
         return 2
     if jax.process_index() == 0:
-        plots = ", curves.png, confusion.png" if args.plot else ""
+        plots = ", curves.png, " + _IMAGES.get(models.task(config.model), "confusion.png")
+        plots = plots if args.plot else ""
         print(f"wrote {args.out}/metrics.json{plots}")
     return 0
+
+
+# What --plot draws besides the curves, by task.
+_IMAGES = {
+    "classify": "confusion.png",
+    "reconstruct": "reconstructions.png",
+    "vae": "reconstructions.png, samples.png",
+}
 
 
 def _field_names(pairs: list[str]) -> list[str]:

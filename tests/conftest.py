@@ -19,6 +19,8 @@ import tempfile
 _CACHE = tempfile.mkdtemp(prefix="zoo-test-jax-cache-")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("KERAS_BACKEND", "jax")
+# Keras' default is TensorFlow, not installed
 
 import jax  # noqa: E402 - after the cache settings, which JAX reads when it starts
 import pytest  # noqa: E402
@@ -32,6 +34,17 @@ def pytest_unconfigure(config):
 
 def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: else as found
+
+
+@pytest.fixture(autouse=True)
+def _compile_for_the_test(request):
+    """Unit tests compile far more than they run: XLA without most of its optimizations compiles
+    the registry's shape and gradient tests in 330 s of CPU instead of 858 s (2026-12-01). Tests
+    marked `slow` train for real and keep optimized code (unoptimized, the charlm acceptance
+    test took 570 s), as do subprocesses. The math is the same; speed is measured in benchmarks/.
+    """
+    slow = request.node.get_closest_marker("slow") is not None
+    jax.config.update("jax_disable_most_optimizations", not slow)
 
 
 @pytest.fixture

@@ -1,10 +1,16 @@
 """zoo: CNN and recurrent models as pure JAX functions, with training, data and benchmarks."""
 
+import importlib
+
 __version__ = "0.1.0"
+
+_SUBPACKAGES = ("data", "layers", "models", "runtime", "trained", "training", "weights")
 
 
 def __getattr__(name: str):
-    # `zoo.load` and `zoo.pretrained` without importing the training stack on `import zoo`.
+    # `zoo.models`, `zoo.load`, `zoo.pretrained`, ... on first use: `import zoo` stays light.
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"zoo.{name}")
     if name == "load":
         from zoo.trained import load
 

@@ -1,7 +1,7 @@
 """Use a trained run: `zoo.load(run_dir)` gives the model, its variables and what feeds it.
 
     trained = zoo.load("runs/cnn")                   # the early-stopped best parameters
-    probabilities = trained.predict(images)          # (N, classes)
+    probabilities = trained.predict(images)          # (N, classes); an autoencoder's: (N, H, W, C)
     logits = trained.model.apply(trained.variables, images)
     text = zoo.load("runs/charlm").sample("def ", length=200)
 
@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo import models
+from zoo.data import RECONSTRUCTION_TASKS
 from zoo.data import text as text_lib
 from zoo.data.splits import Split
 from zoo.training.checkpoint import CHECKPOINTS, Checkpointer, CheckpointError
@@ -71,15 +72,20 @@ class Trained:
 
     def predict(self, x, lengths=None, *, batch_size: int = 256) -> np.ndarray:
         """Class probabilities `(N, classes)` of a classifier, next-token probabilities
-        `(N, T, vocab)` of a language model, or a forecaster's values `(N, horizon)` in the
-        units of its training data (its standardisation undone)."""
+        `(N, T, vocab)` of a language model, a forecaster's values `(N, horizon)` in the
+        units of its training data (its standardisation undone), or an autoencoder's
+        reconstructions `(N, H, W, C)` (a VAE's decoded from its posterior mean)."""
         x = self._checked(x)
         outputs = []
         for start in range(0, len(x), batch_size):
             rows = slice(start, start + batch_size)
             part = None if lengths is None else jnp.asarray(lengths[rows])
             outputs.append(np.asarray(_outputs(self.model, self.variables, x[rows], part)))
-        out = np.concatenate(outputs) if outputs else np.zeros((0, self.dataset["num_classes"]))
+        reconstructs = self.task in RECONSTRUCTION_TASKS
+        width = self.input_shape if reconstructs else (self.dataset["num_classes"],)
+        out = np.concatenate(outputs) if outputs else np.zeros((0, *width))
+        if reconstructs:
+            return out
         if self.task == "regress":
             stats = self.dataset.get("stats") or {}
             return out * stats.get("std", 1.0) + stats.get("mean", 0.0)
@@ -98,11 +104,12 @@ class Trained:
         )
 
     def export(self, platforms: tuple[str, ...] = ("cpu", "cuda")) -> bytes:
-        """The inference function `x -> model outputs` (logits, or a forecaster's standardised
-        values) with the weights inside, serialized by `jax.export` for `platforms` with a
-        symbolic batch size (and sequence length, where the model takes any): a process without
-        zoo runs it with `jax.export.deserialize(data).call(x)` (`.call(x, lengths)` for a
-        model trained on sequences of different lengths)."""
+        """The inference function `x -> model outputs` (logits, a forecaster's standardised
+        values, or an autoencoder's reconstructions) with the weights inside, serialized by
+        `jax.export` for `platforms` with a symbolic batch size (and sequence length, where the
+        model takes any): a process without zoo runs it with
+        `jax.export.deserialize(data).call(x)` (`.call(x, lengths)` for a model trained on
+        sequences of different lengths)."""
         variables = self.variables
         shape = self.input_shape
         dtype = self.dataset.get("input_dtype", "float32")
@@ -114,7 +121,7 @@ class Trained:
             infer = jax.jit(lambda x, lengths: self.model.apply(variables, x, lengths))
             specs = (spec, jax.ShapeDtypeStruct(symbolic[:1], jnp.int32))
         else:
-            infer = jax.jit(lambda x: self.model.apply(variables, x))
+            infer = jax.jit(lambda x: _outputs(self.model, variables, x, None))
             specs = (spec,)
         exported = jax.export.export(infer, platforms=platforms)(*specs)
         return bytes(exported.serialize())
@@ -199,7 +206,10 @@ def read_inputs(
 
 @functools.partial(jax.jit, static_argnums=0)
 def _outputs(model, variables, x, lengths):
-    return model.apply(variables, x) if lengths is None else model.apply(variables, x, lengths)
+    if lengths is not None:
+        return model.apply(variables, x, lengths)
+    outputs = model.apply(variables, x)
+    return outputs.reconstruction if isinstance(outputs, models.VAEOutput) else outputs
 
 
 def load(path: str | os.PathLike, *, which: str = "best") -> Trained:

@@ -97,6 +97,55 @@ def test_max_pool_gradient_is_that_of_jnp_max_over_the_windows(pool_gradient, sh
     np.testing.assert_allclose(jax.vjp(lambda v: max_pool(v, window), x)[1](g)[0], expected)
 
 
+def numpy_strided_pool(x, window, strides, pads, reduce):
+    """Loop reference with explicit padding; padded cells never count."""
+    padded = np.pad(x, [(0, 0), *pads, (0, 0)], constant_values=np.nan)
+    out_shape = tuple(
+        (s - w) // st + 1 for s, w, st in zip(padded.shape[1:-1], window, strides, strict=True)
+    )
+    out = np.zeros((x.shape[0], *out_shape, x.shape[-1]), np.float64)
+    for index in np.ndindex(*out_shape):
+        region = tuple(
+            slice(i * st, i * st + w) for i, w, st in zip(index, window, strides, strict=True)
+        )
+        patch = padded[(slice(None), *region, slice(None))]
+        out[(slice(None), *index, slice(None))] = reduce(patch, axis=tuple(range(1, x.ndim - 1)))
+    return out
+
+
+@pytest.mark.parametrize(
+    "shape, window, strides, padding, pads",
+    [
+        ((2, 9, 8, 3), (3, 3), (2, 2), [(1, 1), (1, 1)], [(1, 1), (1, 1)]),  # ResNet's stem pool
+        ((2, 9, 8, 3), (3, 3), (2, 2), "SAME", [(1, 1), (0, 1)]),
+        ((2, 7, 3), (3,), (1,), "VALID", [(0, 0)]),  # overlapping windows
+        ((2, 10, 3), (2,), (3,), "VALID", [(0, 0)]),  # gaps between windows
+    ],
+)
+@pytest.mark.parametrize("pool, reduce", [(max_pool, np.nanmax), (avg_pool, np.nanmean)])
+def test_strided_padded_pool_matches_numpy_loop(
+    shape, window, strides, padding, pads, pool, reduce
+):
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    expected = numpy_strided_pool(x, window, strides, pads, reduce)
+    np.testing.assert_allclose(pool(x, window, strides, padding), expected, rtol=1e-6)
+
+
+def test_strided_pool_supports_forward_and_second_order_derivatives():
+    x = np.asarray(jax.random.normal(jax.random.key(5), (2, 7, 6, 2)), np.float64)
+    with jax.enable_x64(True):
+        for pool in (max_pool, avg_pool):
+            f = lambda v, pool=pool: pool(v, 3, 2, "SAME")  # noqa: E731
+            check_grads(f, (x,), order=2, modes=["fwd", "rev"])
+            jax.jit(jax.hessian(lambda v, f=f: f(v).sum()))(x[:1, :4, :4, :1])
+
+
+def test_global_pools_reduce_every_spatial_axis():
+    x = np.random.default_rng(1).normal(size=(2, 5, 4, 3, 6)).astype(np.float32)
+    np.testing.assert_allclose(conv_lib.global_avg_pool(x), x.mean(axis=(1, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(conv_lib.global_max_pool(x), x.max(axis=(1, 2, 3)))
+
+
 def test_pool_rejects_window_larger_than_input():
     with pytest.raises(ValueError, match="larger than the spatial shape"):
         max_pool(jnp.zeros((1, 3, 3, 1)), 4)
@@ -214,14 +263,112 @@ def test_conv_gradients_match_finite_differences(conv_path, x_shape, kernel_shap
         check_grads(lambda a, k: conv(a, k, "SAME"), (x, kernel), order=order, modes=modes)
 
 
+def numpy_general_conv(x, kernel, pads, strides, dilation, groups):
+    """Loop reference: grouped, dilated, strided correlation of `(B, *spatial, C)` with
+    `(*window, C // groups, F)` after explicit zero padding."""
+    window = kernel.shape[:-2]
+    x = np.pad(x, [(0, 0), *pads, (0, 0)])
+    effective = [(w - 1) * d + 1 for w, d in zip(window, dilation, strict=True)]
+    out_shape = tuple(
+        (s - e) // st + 1 for s, e, st in zip(x.shape[1:-1], effective, strides, strict=True)
+    )
+    per_group_in, per_group_out = kernel.shape[-2], kernel.shape[-1] // groups
+    out = np.zeros((x.shape[0], *out_shape, kernel.shape[-1]), np.float64)
+    for index in np.ndindex(*out_shape):
+        region = tuple(
+            slice(i * st, i * st + e, d)
+            for i, st, e, d in zip(index, strides, effective, dilation, strict=True)
+        )
+        patch = x[(slice(None), *region, slice(None))]  # (B, *window, C)
+        for g in range(groups):
+            inputs = patch[..., g * per_group_in : (g + 1) * per_group_in]
+            weights = kernel[..., g * per_group_out : (g + 1) * per_group_out]
+            out[(slice(None), *index, slice(g * per_group_out, (g + 1) * per_group_out))] = (
+                np.tensordot(inputs, weights, len(window) + 1)
+            )
+    return out
+
+
+GENERAL_CONV_CASES = [
+    # x shape, kernel window, padding, explicit pads, strides, dilation, groups, features
+    ((2, 9, 8, 3), (3, 3), "SAME", [(1, 1), (0, 1)], (2, 2), (1, 1), 1, 4),
+    ((2, 9, 8, 3), (7, 7), 3, [(3, 3), (3, 3)], (2, 2), (1, 1), 1, 4),  # ResNet's stem
+    ((2, 9, 8, 4), (3, 3), [(1, 1), (0, 2)], [(1, 1), (0, 2)], (2, 1), (1, 1), 1, 5),
+    ((2, 9, 8, 4), (3, 3), "SAME", [(2, 2), (2, 2)], (1, 1), (2, 2), 1, 4),
+    ((2, 9, 8, 4), (3, 3), "SAME", [(1, 1), (1, 1)], (1, 1), (1, 1), 4, 4),  # depthwise
+    ((2, 9, 8, 4), (3, 3), "SAME", [(1, 1), (0, 1)], (2, 2), (1, 1), 4, 8),  # multiplier 2
+    ((2, 8, 7, 6), (3, 3), "VALID", [(0, 0), (0, 0)], (1, 1), (1, 1), 2, 4),  # grouped
+    ((2, 11, 4), (3,), "CAUSAL", [(6, 0)], (1,), (3,), 1, 5),  # a TCN's dilated causal conv
+]
+
+
+@pytest.mark.parametrize(
+    "shape, window, padding, pads, strides, dilation, groups, features", GENERAL_CONV_CASES
+)
+def test_strided_dilated_grouped_conv_matches_numpy_loop(
+    shape, window, padding, pads, strides, dilation, groups, features
+):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape).astype(np.float32)
+    kernel = rng.normal(size=(*window, shape[-1] // groups, features)).astype(np.float32)
+    expected = numpy_general_conv(x, kernel, pads, strides, dilation, groups)
+    got = conv(x, kernel, padding, strides, dilation, groups)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # Inside zoo's train steps the general convolution is XLA's as well.
+    with runtime.hand_written_gradients():
+        value, _ = jax.vjp(lambda a, k: conv(a, k, padding, strides, dilation, groups), x, kernel)
+    np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
+    module = Conv(features, window, strides, padding, dilation, groups)
+    variables = {"params": {"kernel": kernel, "bias": np.zeros(features, np.float32)}}
+    flax_conv = nn.Conv(
+        features,
+        window,
+        strides,
+        padding,
+        kernel_dilation=dilation,
+        feature_group_count=groups,
+    )
+    np.testing.assert_allclose(
+        module.apply(variables, x), flax_conv.apply(variables, x), rtol=1e-5, atol=1e-5
+    )
+    assert jax.tree.map(np.shape, flax_conv.init(jax.random.key(0), x)) == jax.tree.map(
+        np.shape, variables
+    )
+    with jax.enable_x64():
+        x64, k64 = x.astype(np.float64), kernel.astype(np.float64)
+        check_grads(
+            lambda a, k: conv(a, k, padding, strides, dilation, groups),
+            (x64[:1], k64),
+            order=2,
+            modes=["fwd", "rev"],
+        )
+
+
+def test_causal_conv_never_sees_the_future():
+    x = jax.random.normal(jax.random.key(0), (1, 9, 2))
+    kernel = jax.random.normal(jax.random.key(1), (3, 2, 3))
+    jacobian = jax.jacfwd(lambda v: conv(v, kernel, "CAUSAL", dilation=2))(x)[0, :, :, 0]
+    influence = np.abs(np.asarray(jacobian)).sum(axis=(1, 3))  # (output step, input step)
+    assert np.all(np.triu(influence, k=1) == 0)  # no output step depends on a later input
+    assert np.all(np.diag(influence) > 0)
+
+
 def test_conv_rejects_bad_shapes():
     kernel = np.zeros((3, 3, 2, 4), np.float32)
     with pytest.raises(ValueError, match=r"does not fit kernel \(3, 3, 2, 4\)"):
         conv(np.zeros((1, 8, 8, 3), np.float32), kernel)
-    with pytest.raises(ValueError, match="larger than the spatial shape"):
+    with pytest.raises(ValueError, match="larger than the padded spatial shape"):
         conv(np.zeros((1, 2, 8, 2), np.float32), kernel)
-    with pytest.raises(ValueError, match="padding must be 'VALID' or 'SAME'"):
+    with pytest.raises(ValueError, match="padding must be 'VALID', 'SAME', 'CAUSAL'"):
         conv(np.zeros((1, 8, 8, 2), np.float32), kernel, "FULL")
+    with pytest.raises(ValueError, match="'CAUSAL' is for 1-D"):
+        conv(np.zeros((1, 8, 8, 2), np.float32), kernel, "CAUSAL")
+    with pytest.raises(ValueError, match=r"one non-negative int or \(low, high\) pair per"):
+        conv(np.zeros((1, 8, 8, 2), np.float32), kernel, [(1, 1)])
+    with pytest.raises(ValueError, match="in 2 groups"):
+        conv(np.zeros((1, 8, 8, 3), np.float32), kernel, groups=2)
+    with pytest.raises(ValueError, match="strides .* must be positive"):
+        conv(np.zeros((1, 8, 8, 2), np.float32), kernel, strides=0)
 
 
 def test_a_conv_stack_trains_alike_under_runtime_jit_and_jax_jit():

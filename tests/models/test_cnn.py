@@ -117,7 +117,13 @@ def test_seed_cnn_needs_an_image_shape():
 
 
 def test_registry_errors_list_the_valid_choices():
-    with pytest.raises(ValueError, match="unknown model 'resnet'; choose from: bigru, bilstm"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown model 'resnet' \(did you mean resnet18, resnet20, resnet34, resnet50\?\); "
+        "choose from: autoencoder, bigru, bilstm",
+    ):
         models.create("resnet")
+    with pytest.raises(ValueError, match=r"'lstn' \(did you mean lstm, bilstm\?\)"):
+        models.create("lstn")
     with pytest.raises(ValueError, match="has no option widht; valid options: num_classes"):
         models.create("cnn", widht=3)

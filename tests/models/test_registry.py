@@ -74,7 +74,45 @@ CONFIGS = [
         jnp.float32,
     ),
 ]
+# The CNN families at small widths, odd sizes where the layout allows (pools pad, strides round up).
+CONFIGS += [
+    ("lenet5", {"num_classes": 4, "input_shape": (28, 28, 1)}, (28, 28, 1), jnp.float32),
+    ("lenet5_relu", {"input_shape": (36, 33, 3)}, (36, 33, 3), jnp.float32),
+    ("vgg11", {"input_shape": (9, 11, 3), "width": 2, "dense": (5,)}, (9, 11, 3), jnp.float32),
+    ("vgg11_bn", {"input_shape": (8, 8, 1), "width": 2, "dropout": 0.2}, (8, 8, 1), jnp.float32),
+    ("vgg16", {"input_shape": (8, 8, 1), "width": 1, "dense": (4,)}, (8, 8, 1), jnp.float32),
+    ("vgg16_bn", {"input_shape": (8, 8, 1), "width": 1, "dense": ()}, (8, 8, 1), jnp.float32),
+    ("resnet18", {"input_shape": (17, 15, 3), "width": 2}, (17, 15, 3), jnp.float32),
+    ("resnet34", {"input_shape": (8, 8, 1), "width": 1, "stem": "cifar"}, (8, 8, 1), jnp.float32),
+    ("resnet50", {"input_shape": (16, 16, 3), "width": 2}, (16, 16, 3), jnp.float32),
+    (
+        "resnet50",
+        {"input_shape": (16, 16, 3), "width": 2, "keras_layout": True, "include_top": False},
+        (16, 16, 3),
+        jnp.float32,
+    ),
+    ("resnet20", {"input_shape": (9, 9, 2), "width": 2}, (9, 9, 2), jnp.float32),
+    ("mobilenet_v2", {"input_shape": (19, 16, 3), "alpha": 0.1}, (19, 16, 3), jnp.float32),
+]
+# The autoencoders on odd sizes their decoders crop back to.
+CONFIGS += [
+    ("autoencoder", {"input_shape": (9, 7, 2), "features": (3, 4)}, (9, 7, 2), jnp.float32),
+    ("vae", {"input_shape": (5, 8, 1), "features": (4,), "latent_dim": 3}, (5, 8, 1), jnp.float32),
+]
+# The temporal convolutional networks, the classifier on sequences of any length.
+CONFIGS += [
+    ("tcn", {"input_shape": (None, 3), "channels": (4, 5), "dropout": 0.2}, (7, 3), jnp.float32),
+    ("tcn_forecast", {"input_shape": (8, 2), "horizon": 3, "channels": (4,)}, (8, 2), jnp.float32),
+]
 IDS = [f"{i}-{name}" for i, (name, *_) in enumerate(CONFIGS)]
+# Per-config transformations for one config of each family's block kinds; every config still
+# goes through jit, eager dispatch and the option checks.
+FAMILY_SIBLINGS = {"resnet18", "resnet34", "vgg11", "vgg16", "vgg16_bn", "lenet5_relu"}
+TRANSFORMED = [
+    pytest.param(*config, id=id_)
+    for config, id_ in zip(CONFIGS, IDS, strict=True)
+    if config[0] not in FAMILY_SIBLINGS
+]
 
 
 def example(shape, dtype, batch, seed=0):
@@ -87,9 +125,18 @@ def example(shape, dtype, batch, seed=0):
 def output_shape(model, shape):
     if isinstance(model, models.CharLM):
         return (*shape, model.num_classes)  # logits at every step
-    if isinstance(model, models.Forecaster):
+    if isinstance(model, models.Forecaster | models.TCNForecaster):
         return (model.horizon,)
+    if isinstance(model, models.ResNet) and not model.include_top:
+        return (model.width * 8 * 4,)  # the pooled last stage of a bottleneck ResNet
+    if isinstance(model, models.ConvAutoencoder | models.VAE):
+        return tuple(shape)  # the reconstruction
     return (model.num_classes,)
+
+
+def _main(outputs):
+    """A VAE's reconstruction, or the one output of any other model."""
+    return outputs.reconstruction if isinstance(outputs, models.VAEOutput) else outputs
 
 
 def test_every_registered_model_is_covered():
@@ -101,7 +148,7 @@ def _check_output_shapes(apply, batch_sizes, configs=CONFIGS):
         model = models.create(name, **options)
         variables = jax.jit(model.init)(jax.random.key(0), example(shape, dtype, (1,)))
         for batch in batch_sizes:
-            y = apply(model)(variables, example(shape, dtype, (batch,), seed=batch))
+            y = _main(apply(model)(variables, example(shape, dtype, (batch,), seed=batch)))
             chex.assert_shape(y, (batch, *output_shape(model, shape)))
             chex.assert_tree_all_finite(y)
 
@@ -116,25 +163,26 @@ def test_output_shapes_under_jit():
     _check_output_shapes(lambda model: jax.jit(model.apply), (3,))
 
 
-@pytest.mark.parametrize("name, options, shape, dtype", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("name, options, shape, dtype", TRANSFORMED)
 def test_unbatched_and_multi_batch_inputs(key, name, options, shape, dtype):
     model = models.create(name, **options)
     x = example(shape, dtype, (2, 3))
     variables = jax.jit(model.init)(key, x)
     apply = jax.jit(model.apply)
-    y = apply(variables, x)
+    y = _main(apply(variables, x))
     assert y.shape == (2, 3, *output_shape(model, shape))
-    np.testing.assert_allclose(apply(variables, x[1, 2]), y[1, 2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_main(apply(variables, x[1, 2])), y[1, 2], rtol=1e-5, atol=1e-6)
 
 
 def _loss(model, variables):
     def loss(params, x):
-        return jnp.sum(jnp.sin(model.apply({**variables, "params": params}, x)))
+        outputs = model.apply({**variables, "params": params}, x)  # a VAE's mean and logvar too
+        return sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(outputs))
 
     return loss
 
 
-@pytest.mark.parametrize("name, options, shape, dtype", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("name, options, shape, dtype", TRANSFORMED)
 def test_params_are_plain_pytrees_for_grad(key, name, options, shape, dtype):
     model = models.create(name, **options)
     x = example(shape, dtype, (4,))

@@ -10,7 +10,15 @@ from zoo.data.digits import load_digits
 from zoo.data.mnist import load_mnist, read_idx
 from zoo.data.sequences import load_digits_sequences, load_digits_strips, pad_sequences
 from zoo.data.series import MISSING, load_csv_series, load_series, naive_forecast_mse
-from zoo.data.splits import DataError, Dataset, Split, map_splits, split_by_seed, split_sizes
+from zoo.data.splits import (
+    RECONSTRUCTION_TASKS,
+    DataError,
+    Dataset,
+    Split,
+    map_splits,
+    split_by_seed,
+    split_sizes,
+)
 from zoo.data.text import load_text, load_text_file
 
 
@@ -111,6 +119,7 @@ def load(
 __all__ = [
     "DATASETS",
     "MISSING",
+    "RECONSTRUCTION_TASKS",
     "SOURCES",
     "DataError",
     "Source",

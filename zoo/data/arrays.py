@@ -8,7 +8,8 @@ end and their `lengths` kept.
 
 What `y` must be follows the model's task: integer class labels `(N,)` ('classify'; the classes
 are `0..max(y)`), integer next tokens `(N, T)` with integer `x` ('language'), or real targets
-`(N,)` or `(N, D)` ('regress').
+`(N,)` or `(N, D)` ('regress'); for a model that reconstructs its input ('reconstruct', 'vae')
+`y` may be left out, and is ignored.
 """
 
 import json
@@ -18,7 +19,7 @@ import zipfile
 import numpy as np
 
 from zoo.data.sequences import pad_sequences
-from zoo.data.splits import DataError, Dataset, Split, split_by_seed
+from zoo.data.splits import RECONSTRUCTION_TASKS, DataError, Dataset, Split, split_by_seed
 
 _SPLITS = {"train": "", "validation": "_val", "test": "_test"}
 _KEYS = {f"{name}{suffix}" for suffix in _SPLITS.values() for name in ("x", "y", "lengths")}
@@ -60,6 +61,10 @@ def load_arrays(
             f"{path} holds arrays {', '.join(unknown)}; expected x, y and optionally lengths, "
             "x_val, y_val, lengths_val, x_test, y_test, lengths_test"
         )
+    if task in RECONSTRUCTION_TASKS:  # the target is x itself
+        xs = [name for name in arrays if name.startswith("x")]
+        arrays = {name: array for name, array in arrays.items() if not name.startswith("y")}
+        arrays |= {"y" + name[1:]: np.zeros(len(arrays[name]), np.int32) for name in xs}
     given = {}
     for split, suffix in _SPLITS.items():
         names = [f"x{suffix}", f"y{suffix}"]

@@ -5,6 +5,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+# Tasks whose models reconstruct their inputs: any dataset of images trains them, its labels
+# unused (the target is the input itself).
+RECONSTRUCTION_TASKS = ("reconstruct", "vae")
+
 
 class DataError(ValueError):
     """A dataset file or folder cannot be used; the message names the file, row or flag."""
@@ -12,7 +16,8 @@ class DataError(ValueError):
 
 class Split(NamedTuple):
     """One split: `x` is `(N, *example_shape)`; `y` is `(N,)` int32 class labels ('classify'),
-    `(N, T)` int32 next tokens ('language') or `(N, D)` float32 targets ('regress').
+    `(N, T)` int32 next tokens ('language') or `(N, D)` float32 targets ('regress'); for the
+    reconstruction tasks it is unused (class labels, or zeros).
 
     `lengths` `(N,)` int32, for sequences padded at the end: example `i` is `x[i, :lengths[i]]`.
     `x` may be any array-like with `shape`, `dtype`, `len` and `x[index_array]` (images decoded

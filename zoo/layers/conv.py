@@ -1,17 +1,22 @@
 """Convolution, pooling and residual blocks shared by the convolutional models.
 
 Pooling works on channels-last arrays with any number of spatial axes, `(B, *spatial, C)`, so the
-same function serves Conv1D `(B, T, C)` and Conv2D `(B, H, W, C)` stacks. Windows do not overlap
-(stride == window, Keras' default) and a trailing remainder is dropped ('VALID' padding), so a
-26-wide map pools to 13 and an 11-wide map to 5, as in Keras `MaxPooling2D(2)`.
+same function serves Conv1D `(B, T, C)` and Conv2D `(B, H, W, C)` stacks. By default windows do
+not overlap (stride == window, Keras' default) and a trailing remainder is dropped ('VALID'
+padding), so a 26-wide map pools to 13 and an 11-wide map to 5, as in Keras `MaxPooling2D(2)`.
+A stride apart from the window and padding (ResNet's 3x3 stride-2 max pool with one pixel each
+side) take the general path: the maximum or mean over one strided slice per window offset.
 
 Max pooling's value is `lax.reduce_window`'s. In zoo's train steps on CPU its gradient is
 written by hand, much cheaper than the select-and-scatter that `reduce_window`'s own gradient
 lowers to. Average pooling is a reshape and a mean.
 
-`Conv` is `nn.Conv` for stride 1 with the same parameters. Its value is
-`lax.conv_general_dilated` (cuDNN, the MXU, XLA:CPU's kernels), and outside zoo's train steps so
-is its gradient: every JAX transformation applies (`jvp`, `jacfwd`, `hessian` included).
+`Conv` is `nn.Conv` with the same parameters: strides, dilation, `feature_group_count`
+(depthwise and grouped convolutions), padding 'VALID', 'SAME', 'CAUSAL' (1-D) or explicit
+`(low, high)` pairs. Its value is `lax.conv_general_dilated` (cuDNN, the MXU, XLA:CPU's kernels),
+and outside zoo's train steps so is its gradient: every JAX transformation applies (`jvp`,
+`jacfwd`, `hessian` included). Only stride-1, undilated, ungrouped 'VALID'/'SAME' convolutions
+have the CPU fast paths below; the others are XLA's convolution in both directions.
 
 The hand-written gradients are `jax.custom_vjp`s, which forward-mode autodiff cannot pass
 through, so layers take them only while traced inside `zoo.runtime.hand_written_gradients()`
@@ -83,24 +88,93 @@ def _window_axes(num_spatial: int) -> tuple[int, ...]:
     return tuple(2 + 2 * i for i in range(num_spatial))
 
 
-def max_pool(x: jax.Array, window: int | Sequence[int] = 2) -> jax.Array:
-    """Max pooling over non-overlapping windows.
+def max_pool(
+    x: jax.Array,
+    window: int | Sequence[int] = 2,
+    strides: int | Sequence[int] | None = None,
+    padding: str | Sequence[tuple[int, int]] = "VALID",
+) -> jax.Array:
+    """Max pooling.
 
-    The value is `lax.reduce_window`'s; its gradient is written by hand (`_max_pool_bwd`) in
-    place of the select-and-scatter that `reduce_window`'s own gradient lowers to, far slower on
-    CPU. Tied maxima split the gradient, as for `jnp.max` everywhere in JAX.
+    With the defaults (stride == window, 'VALID') the value is `lax.reduce_window`'s and its
+    gradient in zoo's train steps is written by hand (`_max_pool_bwd`) in place of the
+    select-and-scatter that `reduce_window`'s own gradient lowers to, far slower on CPU.
+    Otherwise it is the maximum over one strided slice per window offset, plain JAX. Tied
+    maxima split the gradient, as for `jnp.max` everywhere in JAX; padding never wins.
 
     Args:
       x: `(B, *spatial, C)`.
-      window: window (and stride) per spatial axis, or one int for all of them.
+      window: window per spatial axis, or one int for all of them.
+      strides: step per spatial axis (one int for all); None: the window.
+      padding: 'VALID', 'SAME' (as `lax.reduce_window`) or one `(low, high)` pair per axis.
 
     Returns:
-      `(B, *(s // w for s, w in zip(spatial, window)), C)`.
+      `(B, *out, C)`; with the defaults `out = spatial // window`.
     """
-    window = _as_tuple(window, x.ndim - 2)
+    window, strides = _window_and_strides(x, window, strides)
+    if strides != window or padding != "VALID":
+        return _strided_pool(x, window, strides, padding, "max")
     if runtime.using_hand_written_gradients():
         return _max_pool(x, window)
     return _max_pool_any_mode(x, window)
+
+
+def _window_and_strides(x, window, strides) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    if x.ndim < 3:
+        raise ValueError(f"pooling expects (batch, *spatial, channels), got shape {x.shape}")
+    window = _as_tuple(window, x.ndim - 2)
+    strides = window if strides is None else _as_tuple(strides, x.ndim - 2)
+    if len(window) != x.ndim - 2 or len(strides) != x.ndim - 2:
+        raise ValueError(
+            f"pool window {window} and strides {strides} do not match spatial shape {x.shape[1:-1]}"
+        )
+    if min(window) < 1 or min(strides) < 1:
+        raise ValueError(f"pool window {window} and strides {strides} must be positive")
+    return window, strides
+
+
+def _strided_pool(x, window, strides, padding, kind: str) -> jax.Array:
+    """Max or mean over one strided slice of (padded) `x` per window offset: plain JAX, so
+    every transformation applies. The mean counts real elements only (Keras' 'same')."""
+    spatial = x.shape[1:-1]
+    pads = _explicit_padding(padding, spatial, window, strides, (1,) * len(window), "pool")
+    out = [
+        (size + lo + hi - w) // s + 1
+        for size, (lo, hi), w, s in zip(spatial, pads, window, strides, strict=True)
+    ]
+    if min(out) < 1:
+        raise ValueError(f"pool window {window} is larger than the padded spatial shape {spatial}")
+    lowest = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+    fill = lowest if kind == "max" else 0
+    full = [(0, 0), *pads, (0, 0)]
+    padded = jnp.pad(x, full, constant_values=jnp.asarray(fill, x.dtype))
+    pieces = [_strided_slice(padded, offset, out, strides) for offset in _offsets(window)]
+    if kind == "max":
+        return jnp.max(jnp.stack(pieces), axis=0)
+    ones = jnp.pad(jnp.ones((1, *spatial, 1), x.dtype), full)
+    counts = sum(_strided_slice(ones, offset, out, strides) for offset in _offsets(window))
+    return sum(pieces) / counts
+
+
+def _offsets(window: Sequence[int]):
+    return itertools.product(*(range(w) for w in window))
+
+
+def _strided_slice(x, offset, out, strides) -> jax.Array:
+    """`x[:, o1 : o1 + s1 * n1 : s1, ..., :]`: what window offset `offset` sees from each of the
+    `out` positions."""
+    index = (slice(o, o + s * (n - 1) + 1, s) for o, n, s in zip(offset, out, strides, strict=True))
+    return x[(slice(None), *index)]
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+    """`(B, *spatial, C)` -> `(B, C)`: the mean over every spatial position."""
+    return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
+
+
+def global_max_pool(x: jax.Array) -> jax.Array:
+    """`(B, *spatial, C)` -> `(B, C)`: the maximum over every spatial position."""
+    return jnp.max(x, axis=tuple(range(1, x.ndim - 1)))
 
 
 def _reduce_max(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
@@ -177,9 +251,17 @@ def _at_offset(x: jax.Array, offset: Sequence[int], out: Sequence[int], window: 
     return x[(slice(None), *strided)]
 
 
-def avg_pool(x: jax.Array, window: int | Sequence[int] = 2) -> jax.Array:
-    """Average pooling over non-overlapping windows; shapes as in `max_pool`."""
-    window = _as_tuple(window, x.ndim - 2)
+def avg_pool(
+    x: jax.Array,
+    window: int | Sequence[int] = 2,
+    strides: int | Sequence[int] | None = None,
+    padding: str | Sequence[tuple[int, int]] = "VALID",
+) -> jax.Array:
+    """Average pooling; arguments and shapes as in `max_pool`. Padded positions are not
+    counted in the mean (Keras' `AveragePooling2D(padding='same')`)."""
+    window, strides = _window_and_strides(x, window, strides)
+    if strides != window or padding != "VALID":
+        return _strided_pool(x, window, strides, padding, "avg")
     return jnp.mean(_windows(x, window), axis=_window_axes(len(window)))
 
 
@@ -234,20 +316,63 @@ def _window_pieces(x: jax.Array, window: Sequence[int]) -> list[jax.Array]:
     ]
 
 
-def conv(x: jax.Array, kernel: jax.Array, padding: str = "VALID") -> jax.Array:
-    """Stride-1 convolution of channels-last `x` `(..., *spatial, C)` with `kernel`
-    `(*window, C, F)`; 'VALID' or 'SAME' padding as in `nn.Conv`."""
+Padding = str | int | Sequence[int] | Sequence[tuple[int, int]]
+
+
+def conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    padding: Padding = "VALID",
+    strides: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> jax.Array:
+    """Convolution of channels-last `x` `(..., *spatial, C)` with `kernel`
+    `(*window, C // groups, F)`, as `nn.Conv` computes it.
+
+    Args:
+      padding: 'VALID', 'SAME' (output `ceil(size / stride)`, the extra pixel at the end, as
+        Keras and `lax`), 'CAUSAL' (1-D only: `(window - 1) * dilation` zeros before the
+        sequence, none after), an int for both sides of every axis, or one int or `(low, high)`
+        pair per axis.
+      strides: step per spatial axis, or one int for all.
+      dilation: kernel dilation per spatial axis (atrous convolution), or one int for all.
+      groups: `feature_group_count`; `C` and `F` divisible by it. `groups == C` with `F` a
+        multiple of `C` is a depthwise convolution.
+    """
     window = kernel.shape[:-2]
-    if x.ndim < len(window) + 2 or x.shape[-1] != kernel.shape[-2]:
+    num_spatial = len(window)
+    strides, dilation = _as_tuple(strides, num_spatial), _as_tuple(dilation, num_spatial)
+    if (
+        x.ndim < num_spatial + 2
+        or groups < 1
+        or x.shape[-1] != kernel.shape[-2] * groups
+        or kernel.shape[-1] % groups
+    ):
+        per_group = "" if groups == 1 else f" in {groups} groups"
         raise ValueError(
-            f"conv input {x.shape} does not fit kernel {kernel.shape}: expected "
-            f"(batch, {len(window)} spatial axes, {kernel.shape[-2]} channels)"
+            f"conv input {x.shape} does not fit kernel {kernel.shape}{per_group}: expected "
+            f"(batch, {num_spatial} spatial axes, {kernel.shape[-2] * groups} channels) and "
+            f"features divisible by the groups"
         )
-    if padding not in ("VALID", "SAME"):
-        raise ValueError(f"conv padding must be 'VALID' or 'SAME', got {padding!r}")
-    spatial = x.shape[-len(window) - 1 : -1]
-    if padding == "VALID" and any(s < w for s, w in zip(spatial, window, strict=True)):
-        raise ValueError(f"conv window {window} is larger than the spatial shape {spatial}")
+    if len(strides) != num_spatial or len(dilation) != num_spatial:
+        raise ValueError(
+            f"conv strides {strides} and dilation {dilation} need one value per spatial axis of "
+            f"kernel {kernel.shape}"
+        )
+    if min(strides) < 1 or min(dilation) < 1:
+        raise ValueError(f"conv strides {strides} and dilation {dilation} must be positive")
+    spatial = x.shape[-num_spatial - 1 : -1]
+    pads = _explicit_padding(padding, spatial, window, strides, dilation, "conv")
+    effective = [(w - 1) * d + 1 for w, d in zip(window, dilation, strict=True)]
+    if any(s + lo + hi < e for s, (lo, hi), e in zip(spatial, pads, effective, strict=True)):
+        raise ValueError(
+            f"conv window {tuple(effective)} (dilated) is larger than the padded spatial shape "
+            f"{tuple(s + lo + hi for s, (lo, hi) in zip(spatial, pads, strict=True))}"
+        )
+    plain = strides == (1,) * num_spatial and dilation == (1,) * num_spatial and groups == 1
+    if not plain or padding not in ("VALID", "SAME"):
+        return _xla_conv(x, kernel, pads, strides, dilation, groups)
     if not patch_convolution():
         return _xla_conv(x, kernel, padding)
     if runtime.tracing_with_cpu_options() and not _narrow_patches(kernel):
@@ -257,16 +382,71 @@ def conv(x: jax.Array, kernel: jax.Array, padding: str = "VALID") -> jax.Array:
     return _patch_conv(x, kernel, padding)
 
 
-def _xla_conv(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
+def _explicit_padding(
+    padding: Padding,
+    spatial: Sequence[int],
+    window: Sequence[int],
+    strides: Sequence[int],
+    dilation: Sequence[int],
+    what: str,
+) -> list[tuple[int, int]]:
+    """`padding` as one `(low, high)` pair per spatial axis, or an error naming it."""
+    effective = [(w - 1) * d + 1 for w, d in zip(window, dilation, strict=True)]
+    if isinstance(padding, str):
+        if padding == "VALID":
+            return [(0, 0)] * len(spatial)
+        if padding == "SAME":
+            pads = []
+            for size, e, s in zip(spatial, effective, strides, strict=True):
+                total = max((-(-size // s) - 1) * s + e - size, 0)
+                pads.append((total // 2, total - total // 2))
+            return pads
+        if padding == "CAUSAL":
+            if len(spatial) != 1:
+                raise ValueError(
+                    f"{what} padding 'CAUSAL' is for 1-D (batch, steps, channels) input, got "
+                    f"{len(spatial)} spatial axes"
+                )
+            return [(effective[0] - 1, 0)]
+        raise ValueError(
+            f"{what} padding must be 'VALID', 'SAME', 'CAUSAL', an int or (low, high) pairs, "
+            f"got {padding!r}"
+        )
+    if isinstance(padding, int):
+        padding = [padding] * len(spatial)
+    try:
+        pairs = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+    except TypeError:
+        pairs = []
+    if len(pairs) != len(spatial) or any(
+        len(p) != 2 or not all(isinstance(v, int) and v >= 0 for v in p) for p in pairs
+    ):
+        raise ValueError(
+            f"{what} padding {padding!r} must give one non-negative int or (low, high) pair per "
+            f"spatial axis ({len(spatial)})"
+        )
+    return pairs
+
+
+def _xla_conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    padding: str | Sequence[tuple[int, int]],
+    strides: Sequence[int] | None = None,
+    dilation: Sequence[int] | None = None,
+    groups: int = 1,
+) -> jax.Array:
     window = kernel.shape[:-2]
     batch = x.shape[: -len(window) - 1]
     letters = "HWD"[: len(window)]
     y = jax.lax.conv_general_dilated(
         x.reshape(-1, *x.shape[len(batch) :]),
         kernel,
-        window_strides=(1,) * len(window),
+        window_strides=strides or (1,) * len(window),
         padding=padding,
+        rhs_dilation=dilation,
         dimension_numbers=(f"N{letters}C", f"{letters}IO", f"N{letters}C"),
+        feature_group_count=groups,
     )
     return y.reshape(*batch, *y.shape[1:])
 
@@ -342,15 +522,19 @@ _patch_conv.defvjp(_patch_conv_fwd, _patch_conv_bwd)
 
 
 class Conv(nn.Module):
-    """`nn.Conv` with stride 1 and 'VALID' or 'SAME' padding, computed by `conv`.
+    """`nn.Conv`, computed by `conv`: strides, dilation, groups and every padding of `conv`.
 
-    Same parameters (`kernel` `(*kernel_size, in, features)`, `bias` `(features,)`), initializers
-    and dtype promotion as `nn.Conv`, so variables move between the two unchanged.
+    Same parameters (`kernel` `(*kernel_size, in // feature_group_count, features)`, `bias`
+    `(features,)`), initializers and dtype promotion as `nn.Conv`, so variables move between the
+    two unchanged.
     """
 
     features: int
     kernel_size: Sequence[int]
-    padding: str = "VALID"
+    strides: int | Sequence[int] = 1
+    padding: Padding = "VALID"
+    kernel_dilation: int | Sequence[int] = 1
+    feature_group_count: int = 1
     use_bias: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -359,13 +543,19 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        shape = (*self.kernel_size, x.shape[-1], self.features)
+        groups = self.feature_group_count
+        if x.shape[-1] % groups:
+            raise ValueError(
+                f"Conv input channels ({x.shape[-1]}) are not divisible by "
+                f"feature_group_count={groups}"
+            )
+        shape = (*self.kernel_size, x.shape[-1] // groups, self.features)
         kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
         bias = None
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = conv(x, kernel, self.padding)
+        y = conv(x, kernel, self.padding, self.strides, self.kernel_dilation, groups)
         return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
 
 
@@ -393,7 +583,11 @@ class ResidualBlock(nn.Module):
         y = x
         for i in range(2):
             y = Conv(
-                self.features, self.kernel_size, "SAME", use_bias=not self.batch_norm, **dtypes
+                self.features,
+                self.kernel_size,
+                padding="SAME",
+                use_bias=not self.batch_norm,
+                **dtypes,
             )(y)
             if self.batch_norm:
                 y = nn.BatchNorm(

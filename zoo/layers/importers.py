@@ -229,6 +229,72 @@ def cnn_from_torch(
     return params
 
 
+def keras_weights(model: Any) -> dict[str, list[np.ndarray]]:
+    """`{layer name: layer.get_weights()}` of a Keras model, the layers that have weights: what
+    the Keras importers of the CNN families read."""
+    return {
+        layer.name: [np.asarray(w) for w in layer.get_weights()]
+        for layer in model.layers
+        if layer.get_weights()
+    }
+
+
+class Variables(dict):
+    """`{"params": ..., "batch_stats": ...}` built one module path at a time."""
+
+    def put(self, collection: str, path: str, leaves: Mapping[str, np.ndarray]) -> None:
+        node = self.setdefault(collection, {})
+        for part in path.split("/"):
+            node = node.setdefault(part, {})
+        node.update(leaves)
+
+
+def put_keras_conv_norm(
+    variables: Variables,
+    path: str,
+    conv: Sequence[np.ndarray],
+    norm: Sequence[np.ndarray] | None = None,
+    *,
+    depthwise: bool = False,
+) -> None:
+    """A Keras `Conv2D` (or `DepthwiseConv2D`) and its `BatchNormalization` as zoo's `ConvNorm`
+    at `path`: kernels are `(kh, kw, in, out)` in both; a depthwise kernel
+    `(kh, kw, channels, 1)` becomes a grouped one, `(kh, kw, 1, channels)`."""
+    kernel = np.asarray(conv[0])
+    if depthwise:
+        if kernel.shape[-1] != 1:
+            raise ValueError(f"depth_multiplier 1 expected, got depthwise kernel {kernel.shape}")
+        kernel = np.swapaxes(kernel, -1, -2)
+    leaves = {"kernel": kernel}
+    if len(conv) > 1:
+        leaves["bias"] = np.asarray(conv[1])
+    variables.put("params", f"{path}/conv", leaves)
+    if norm is not None:
+        gamma, beta, mean, var = (np.asarray(w) for w in norm)
+        variables.put("params", f"{path}/bn", {"scale": gamma, "bias": beta})
+        variables.put("batch_stats", f"{path}/bn", {"mean": mean, "var": var})
+
+
+def put_torch_conv_norm(
+    variables: Variables, path: str, state_dict: Mapping[str, Any], conv: str, norm: str | None
+) -> None:
+    """PyTorch `Conv2d` `conv` and `BatchNorm2d` `norm` (state-dict prefixes) as zoo's `ConvNorm`
+    at `path`."""
+    variables.put(
+        "params",
+        f"{path}/conv",
+        conv_from_torch(_get(state_dict, f"{conv}.weight"), state_dict.get(f"{conv}.bias")),
+    )
+    if norm is not None:
+        scale, bias = _get(state_dict, f"{norm}.weight"), _get(state_dict, f"{norm}.bias")
+        mean, var = (
+            _get(state_dict, f"{norm}.running_mean"),
+            _get(state_dict, f"{norm}.running_var"),
+        )
+        variables.put("params", f"{path}/bn", {"scale": scale, "bias": bias})
+        variables.put("batch_stats", f"{path}/bn", {"mean": mean, "var": var})
+
+
 PICKLED = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 
 

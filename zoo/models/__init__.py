@@ -1,16 +1,36 @@
 """Model registry: `create(name, **options)` builds a Flax module, `names()` lists them.
 
-Variants are rows of a table (a class plus the options it fixes), not subclasses.
+Variants are rows of a table (a class plus the options it fixes), not subclasses. Every row is
+creatable with no options: its defaults are the data it was made for (the bundled datasets, or
+ImageNet's 224x224x3 images and 1000 classes for the ImageNet families), and
+`example_input(name)` is a batch it takes.
 """
 
 import dataclasses
+import difflib
+import fnmatch
 import inspect
-from typing import Any
+import typing
+from typing import Any, NamedTuple
 
 import flax.linen as nn
+import jax
 
+from zoo.models.autoencoder import (
+    VAE,
+    ConvAutoencoder,
+    VAEOutput,
+    generate,
+    kl_divergence,
+    reconstruct,
+)
 from zoo.models.cnn import ConvNet, SeedCNN
+from zoo.models.lenet import LeNet5
+from zoo.models.mobilenet import MobileNetV2
+from zoo.models.resnet import ResNet
 from zoo.models.rnn import CNNLSTM, CharLM, Forecaster, RNNClassifier, sample
+from zoo.models.tcn import TCN, TCNForecaster
+from zoo.models.vgg import VGG
 
 _MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "cnn": (SeedCNN, {}),
@@ -22,6 +42,41 @@ _MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "charlm": (CharLM, {}),
     "cnn_lstm": (CNNLSTM, {}),
     "forecast": (Forecaster, {}),
+    "tcn": (TCN, {}),
+    "tcn_forecast": (TCNForecaster, {}),
+    "lenet5": (LeNet5, {}),
+    "lenet5_relu": (LeNet5, {"activation": "relu", "pool": "max"}),
+    "vgg11": (VGG, {"depth": 11}),
+    "vgg11_bn": (VGG, {"depth": 11, "batch_norm": True}),
+    "vgg16": (VGG, {"depth": 16}),
+    "vgg16_bn": (VGG, {"depth": 16, "batch_norm": True}),
+    "resnet18": (ResNet, {"depth": 18}),
+    "resnet34": (ResNet, {"depth": 34}),
+    "resnet50": (ResNet, {"depth": 50}),
+    "resnet20": (ResNet, {"depth": 20}),
+    "mobilenet_v2": (MobileNetV2, {}),
+    "autoencoder": (ConvAutoencoder, {}),
+    "vae": (VAE, {}),
+}
+
+# Defaults of a row where the class has none or another one: the bundled data the row trains on,
+# or the form a paper gives it (the CIFAR ResNet's stem, width and parameter-free shortcuts).
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "convnet": {"input_shape": (28, 28, 1)},  # digits
+    "lstm": {"input_shape": (28, 28)},  # digits-seq: rows as steps
+    "gru": {"input_shape": (28, 28)},
+    "bilstm": {"input_shape": (28, 28)},
+    "bigru": {"input_shape": (28, 28)},
+    "charlm": {"num_classes": 104},  # the bundled text's characters and the unknown symbol
+    "cnn_lstm": {"input_shape": (4, 7, 28, 1)},  # digits-strips
+    "forecast": {"input_shape": (24, 1)},  # series: 24 months
+    "resnet20": {
+        "input_shape": (32, 32, 3),
+        "num_classes": 10,
+        "stem": "cifar",
+        "width": 16,
+        "shortcut": "pad",
+    },
 }
 
 
@@ -29,12 +84,20 @@ _MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
 # default): `reset_after` picks between two GRUs and does nothing to an LSTM.
 _ONLY_WITH: dict[str, tuple[str, Any]] = {"reset_after": ("cell", "gru")}
 
-# What each model's output is for: logits over classes, logits at every step, or real values.
-_TASKS: dict[type[nn.Module], str] = {CharLM: "language", Forecaster: "regress"}
+# What each model's output is for: logits over classes, logits at every step, real values, or a
+# reconstruction of its input.
+_TASKS: dict[type[nn.Module], str] = {
+    CharLM: "language",
+    Forecaster: "regress",
+    TCNForecaster: "regress",
+    ConvAutoencoder: "reconstruct",  # its input: mean squared error
+    VAE: "vae",  # its input: the negative ELBO
+}
 
 
 def task(name: str) -> str:
-    """'classify', 'language' or 'regress': the kind of dataset model `name` trains on."""
+    """'classify', 'language', 'regress', 'reconstruct' or 'vae': the kind of dataset model
+    `name` trains on (the last two: any images, their labels unused)."""
     return _TASKS.get(_lookup(name)[0], "classify")
 
 
@@ -43,20 +106,38 @@ def takes_lengths(name: str) -> bool:
     return "lengths" in inspect.signature(_lookup(name)[0].__call__).parameters
 
 
-def names() -> list[str]:
-    """The registered model names."""
-    return sorted(_MODELS)
+def names(pattern: str = "*") -> list[str]:
+    """The registered model names matching a shell-style `pattern` ("resnet*", "*lstm")."""
+    return sorted(fnmatch.filter(_MODELS, pattern))
 
 
-def options(name: str) -> list[str]:
-    """The options `create(name, ...)` accepts: the model's fields, less those its row fixes and
-    those that only apply to another value of a fixed one (`reset_after` for an LSTM)."""
+class Option(NamedTuple):
+    """One option of a registered model: its default and its type annotation."""
+
+    default: Any
+    type: Any
+
+
+def options(name: str) -> dict[str, Option]:
+    """The options `create(name, ...)` accepts, each with its default and type: the model's
+    fields, less those its row fixes and those that only apply to another value of a fixed one
+    (`reset_after` for an LSTM)."""
     cls, fixed = _lookup(name)
-    return [
-        f.name
+    hints = typing.get_type_hints(cls)
+    defaults = _defaults(name)
+    return {
+        f.name: Option(defaults.get(f.name, dataclasses.MISSING), hints.get(f.name, f.type))
         for f in dataclasses.fields(cls)
         if f.name not in ("parent", "name") and f.name not in fixed and _applies(f.name, fixed)
-    ]
+    }
+
+
+def _defaults(name: str) -> dict[str, Any]:
+    cls, _ = _lookup(name)
+    defaults = {
+        f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
+    }
+    return {**defaults, **_DEFAULTS.get(name, {})}
 
 
 def create(name: str, **opts) -> nn.Module:
@@ -78,10 +159,7 @@ def create(name: str, **opts) -> nn.Module:
             f"valid options: {', '.join(valid)}"
         )
     cls, fixed = _lookup(name)
-    defaults = {
-        f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
-    }
-    settings = {**defaults, **fixed, **opts}
+    settings = {**_defaults(name), **fixed, **opts}
     for option in sorted(opts):
         if not _applies(option, settings):
             key, value = _ONLY_WITH[option]
@@ -89,7 +167,20 @@ def create(name: str, **opts) -> nn.Module:
                 f"model {name!r} option {option} applies only with {key}={value!r}, "
                 f"got {key}={settings[key]!r}"
             )
-    return cls(**fixed, **{key: _frozen(value) for key, value in opts.items()})
+    row = {**_DEFAULTS.get(name, {}), **fixed, **opts}
+    return cls(**{key: _frozen(value) for key, value in row.items()})
+
+
+def example_input(name: str, batch_size: int = 2, seed: int = 0, **opts) -> jax.Array:
+    """A batch that `create(name, **opts)` takes: `(batch_size, *input_shape)` standard normal
+    floats, or token ids below `num_classes` for a language model (16 steps, as for any axis of
+    free length)."""
+    model = create(name, **opts)
+    key = jax.random.key(seed)
+    if task(name) == "language":
+        return jax.random.randint(key, (batch_size, 16), 0, model.num_classes)
+    shape = tuple(16 if size is None else size for size in model.input_shape)
+    return jax.random.normal(key, (batch_size, *shape))
 
 
 def _applies(option: str, settings: dict[str, Any]) -> bool:
@@ -113,20 +204,36 @@ def _frozen(value: Any) -> Any:
 
 def _lookup(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from: {', '.join(names())}")
+        close = names(f"{name}*") or difflib.get_close_matches(name, names(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint}; choose from: {', '.join(names())}")
     return _MODELS[name]
 
 
 __all__ = [
     "CNNLSTM",
     "CharLM",
+    "ConvAutoencoder",
     "ConvNet",
     "Forecaster",
     "RNNClassifier",
     "SeedCNN",
+    "TCN",
+    "TCNForecaster",
+    "LeNet5",
+    "MobileNetV2",
+    "Option",
+    "ResNet",
+    "VAE",
+    "VAEOutput",
+    "VGG",
     "create",
+    "example_input",
+    "generate",
+    "kl_divergence",
     "names",
     "options",
+    "reconstruct",
     "sample",
     "task",
 ]

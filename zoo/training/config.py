@@ -21,6 +21,7 @@ MONITORS = {
     "val_macro_f1": True,
     "val_bpc": False,
     "val_mse": False,
+    "val_elbo": True,
 }
 
 # Each model's default dataset and the settings measured to train it well there (README figures).
@@ -46,6 +47,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model_options": {"hidden_sizes": (256,)},
     },
     "forecast": {"dataset": "series", "epochs": 10, "batch_size": 16},
+    "tcn": {
+        "dataset": "digits-seq",
+        "epochs": 40,
+        "schedule": "cosine",
+        "model_options": {"channels": (64, 64, 64), "dropout": 0.2},
+    },
+    "tcn_forecast": {"dataset": "series", "epochs": 10, "batch_size": 16},
+    # The digits' pixels, their labels unused.
+    "autoencoder": {"dataset": "digits", "epochs": 40, "learning_rate": 2e-3, "schedule": "cosine"},
+    "vae": {"dataset": "digits", "epochs": 40, "learning_rate": 2e-3, "schedule": "cosine"},
 }
 
 

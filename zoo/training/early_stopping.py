@@ -10,6 +10,8 @@ TASK_MONITORS = {
     "classify": ("val_loss", "val_accuracy", "val_macro_f1"),
     "language": ("val_loss", "val_accuracy", "val_bpc"),
     "regress": ("val_loss", "val_mse"),
+    "reconstruct": ("val_loss", "val_mse"),
+    "vae": ("val_loss", "val_elbo", "val_mse"),
 }
 
 

@@ -14,14 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo import data, models
-from zoo.data.splits import Dataset, Split
+from zoo.data.splits import RECONSTRUCTION_TASKS, Dataset, Split
 from zoo.training import parallel as parallel_lib
 from zoo.training import plots
 from zoo.training import workdir as workdir_lib
 from zoo.training.checkpoint import Checkpointer, TerminationGuard, open_checkpoints, versions
 from zoo.training.config import ConfigError, TrainConfig
 from zoo.training.early_stopping import EarlyStopping, check_monitor, default_monitor
-from zoo.training.metrics import evaluate
+from zoo.training.metrics import evaluate, mean_image_mse
 from zoo.training.parallel import DataParallel, prefetch
 from zoo.training.precision import LossScale
 from zoo.training.progress import EpochProgress, on_terminal
@@ -31,7 +31,13 @@ from zoo.training.steps import summarize_metrics
 
 def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
     """Rejects datasets a run cannot train on, before anything is compiled."""
-    if models.task(config.model) != dataset.task:
+    task = models.task(config.model)
+    if task in RECONSTRUCTION_TASKS and task != dataset.task:
+        raise ConfigError(
+            f"model {config.model!r} reconstructs images (batch, height, width, channels); "
+            f"dataset {config.dataset!r} has inputs of shape {dataset.train.x.shape}"
+        )
+    if task != dataset.task:
         raise ConfigError(
             f"model {config.model!r} is a {models.task(config.model)} model but dataset "
             f"{config.dataset!r} is a {dataset.task} dataset; pick a matching --dataset or --model"
@@ -49,7 +55,7 @@ def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
             f"examples of {config.dataset!r}"
         )
     for name, split in dataset._asdict().items():
-        if isinstance(split, Split) and len(split.y) and dataset.task != "regress":
+        if isinstance(split, Split) and len(split.y) and dataset.task in ("classify", "language"):
             low, high = int(split.y.min()), int(split.y.max())
             if low < 0 or high >= dataset.num_classes:
                 raise ConfigError(
@@ -59,6 +65,14 @@ def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
         arrays = isinstance(split, Split) and isinstance(split.x, np.ndarray)
         if arrays and len(split.x) and not np.isfinite(split.x).all():
             raise ConfigError(f"{name} split of {config.dataset!r} holds NaN or infinite inputs")
+        if arrays and len(split.x) and task in RECONSTRUCTION_TASKS:
+            low, high = float(split.x.min()), float(split.x.max())
+            if low < 0 or high > 1:
+                raise ConfigError(
+                    f"{name} inputs of {config.dataset!r} must be pixels in [0, 1] for model "
+                    f"{config.model!r} (its outputs are sigmoids), found {low:g}..{high:g}; "
+                    "scale them, e.g. x / 255"
+                )
     if config.augment and dataset.train.x.ndim != 4:
         raise ConfigError(
             f"augment needs images (batch, height, width, channels); dataset {config.dataset!r} "
@@ -66,6 +80,15 @@ def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
         )
     if config.patience is not None and not len(dataset.validation.x):
         raise ConfigError(f"patience needs a validation split; {config.dataset!r} has none")
+
+
+def dataset_for_model(dataset: Dataset, model: str) -> Dataset:
+    """`dataset` as model `model` trains on it: a model that reconstructs its input takes any
+    images (`(N, height, width, channels)`), whatever their labels are for."""
+    task = models.task(model)
+    if task in RECONSTRUCTION_TASKS and dataset.train.x.ndim == 4:
+        return dataset._replace(task=task)
+    return dataset
 
 
 class Preempted(Exception):
@@ -101,8 +124,9 @@ def train_and_evaluate(
     Writes `workdir/metrics.jsonl` (one line per epoch, as it ends), checkpoints in
     `workdir/checkpoints` (every `config.checkpoint_every` steps and at every epoch's end),
     `workdir/metrics.json` (the returned summary) and with `plot` `curves.png` and
-    `confusion.png`. With early stopping (`config.patience`) the test metrics are those of the
-    best validation epoch's parameters.
+    `confusion.png` (a classifier's), or `reconstructions.png` (test inputs above their
+    reconstructions) and for a VAE `samples.png` (decoded from its prior). With early stopping
+    (`config.patience`) the test metrics are those of the best validation epoch's parameters.
 
     Args:
       log: where progress lines go.
@@ -218,6 +242,7 @@ def _train_and_evaluate(
 ) -> dict[str, Any]:
     if dataset is None:
         dataset = load_dataset(config, workdir, log)
+    dataset = dataset_for_model(dataset, config.model)
     check_dataset(dataset, config)
     monitor = config.monitor or default_monitor(dataset.task)
     check_monitor(monitor, dataset.task)
@@ -321,6 +346,8 @@ def _train_and_evaluate(
     test = {f"test_{k}": v for k, v in test_metrics.items()}
     if dataset.task == "regress":
         test["naive_mse"] = data.naive_forecast_mse(dataset.test)
+    if dataset.task in RECONSTRUCTION_TASKS:
+        test["mean_image_mse"] = mean_image_mse(dataset.train, dataset.test)
     log("test | " + " | ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)))
     history = run.history
     results = {
@@ -357,7 +384,22 @@ def _train_and_evaluate(
             plots.plot_confusion(
                 test["test_confusion_matrix"], os.path.join(workdir, "confusion.png")
             )
+        if dataset.task in RECONSTRUCTION_TASKS and len(dataset.test.x):
+            variables = layout.fetch({"params": state.params, "batch_stats": state.batch_stats})
+            plot_images(model, variables, dataset.test, config.seed, workdir)
     return results
+
+
+def plot_images(model, variables: dict[str, Any], test: Split, seed: int, workdir: str) -> None:
+    """`reconstructions.png`: the first 16 test inputs above their reconstructions; and for a
+    VAE `samples.png`: 64 images decoded from its prior, drawn from `seed`."""
+    x = np.asarray(test.x[np.arange(min(16, len(test.x)))])
+    variables = {name: tree for name, tree in variables.items() if tree}
+    reconstructions = np.asarray(models.reconstruct(model, variables, x))
+    plots.plot_reconstructions(x, reconstructions, os.path.join(workdir, "reconstructions.png"))
+    if isinstance(model, models.VAE):
+        samples = models.generate(model, variables, jax.random.key(seed), 64)
+        plots.plot_samples(np.asarray(samples), os.path.join(workdir, "samples.png"))
 
 
 @dataclasses.dataclass

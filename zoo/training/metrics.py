@@ -1,5 +1,6 @@
-"""Evaluation: `evaluate` over a whole split, and classification metrics in JAX (confusion
-matrix, accuracy, macro-F1).
+"""Evaluation: `evaluate` over a whole split, classification metrics in JAX (confusion
+matrix, accuracy, macro-F1), and the mean image's reconstruction error, the baseline of the
+reconstruction tasks.
 
 The metric functions take integer `labels` and `predictions` of shape `(N,)` and an optional
 boolean `mask` that excludes padding rows; all are jittable (the class count is static).
@@ -75,7 +76,9 @@ def evaluate(
     """Metrics of `state` on every example of `split`, by task.
 
     'classify': loss, accuracy, macro_f1, confusion_matrix; 'language': loss (nats per token),
-    accuracy and bpc (bits per character); 'regress': loss, the mean squared error.
+    accuracy and bpc (bits per character); 'regress' and 'reconstruct': loss, the mean squared
+    error (per target value or pixel); 'vae': loss (the negative ELBO), elbo, its kl and
+    reconstruction (`-log p(x|z)`) terms, in nats per example, and the pixels' mse.
 
     `layout`: how `state` lies on devices (default: one device).
     """
@@ -87,8 +90,10 @@ def evaluate(
         predictions.append(batch_predictions)
         sums.append(batch_sums)
     summary = summarize_metrics(sums)
-    if state.task == "regress":
+    if state.task in ("regress", "reconstruct"):
         return {"loss": summary["loss"], "mse": summary["loss"]}
+    if state.task == "vae":
+        return summary | {"elbo": -summary["loss"]}
     if state.task == "language":
         return summary | {"bpc": summary["loss"] / math.log(2)}
     predictions = np.concatenate(fetch_replicated(predictions))[: len(split.y)]
@@ -99,3 +104,18 @@ def evaluate(
         "macro_f1": float(macro_f1_from_confusion(confusion)),
         "confusion_matrix": confusion.tolist(),
     }
+
+
+def mean_image_mse(train: Split, test: Split, chunk: int = 1024) -> float:
+    """The mean squared error per pixel of `test`'s inputs against the mean of `train`'s: what a
+    model that ignores its input reconstructs at best. Read `chunk` examples at a time (an image
+    folder decodes them as they are read)."""
+
+    def chunks(split: Split):
+        n = len(split.x)
+        for start in range(0, n, chunk):
+            yield np.asarray(split.x[np.arange(start, min(start + chunk, n))], np.float64)
+
+    mean = sum(rows.sum(axis=0) for rows in chunks(train)) / max(len(train.x), 1)
+    squared = sum(float(np.square(rows - mean).sum()) for rows in chunks(test))
+    return squared / max(len(test.x) * mean.size, 1)

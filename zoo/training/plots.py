@@ -1,4 +1,5 @@
-"""`--plot`: training curves and the test confusion matrix as PNG files (needs matplotlib)."""
+"""`--plot`: training curves, the test confusion matrix, and an autoencoder's reconstructions and
+samples as PNG files (needs matplotlib)."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -66,3 +67,54 @@ def plot_confusion(matrix: Sequence[Sequence[int]], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def image_grid(images: np.ndarray, columns: int, gap: int = 1, fill: float = 0.5) -> np.ndarray:
+    """`(N, H, W, C)` images tiled row by row, `columns` per row, with `gap` pixels of `fill`
+    between them and around the edge, and the last row's missing images `fill` too:
+    `(rows * (H + gap) + gap, columns * (W + gap) + gap, C)`."""
+    n, height, width, channels = images.shape
+    rows = -(-n // columns)
+    shape = (rows * (height + gap) + gap, columns * (width + gap) + gap, channels)
+    grid = np.full(shape, fill, images.dtype)
+    for index, image in enumerate(images):
+        top = gap + (index // columns) * (height + gap)
+        left = gap + (index % columns) * (width + gap)
+        grid[top : top + height, left : left + width] = image
+    return grid
+
+
+def _show_grid(grid: np.ndarray, title: str, path: str) -> None:
+    plt = _pyplot()
+    height, width = grid.shape[:2]
+    fig, ax = plt.subplots(figsize=(max(2.0, width / 28), max(2.0, height / 28 + 0.4)))
+    pixels = np.clip(grid, 0.0, 1.0)
+    if pixels.shape[-1] == 1:
+        ax.imshow(pixels[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(pixels, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_reconstructions(
+    inputs: np.ndarray, reconstructions: np.ndarray, path: str, columns: int = 8
+) -> None:
+    """Rows of `columns` inputs `(N, H, W, C)` in [0, 1], each row above the row of their
+    reconstructions."""
+    pairs = []
+    for start in range(0, len(inputs), columns):
+        row = slice(start, start + columns)
+        blank = np.full((columns - len(inputs[row]), *inputs.shape[1:]), 0.5, inputs.dtype)
+        pairs += [inputs[row], blank, reconstructions[row].astype(inputs.dtype), blank]
+    grid = image_grid(np.concatenate(pairs), columns)
+    _show_grid(grid, "test inputs (odd rows) and reconstructions (even rows)", path)
+
+
+def plot_samples(samples: np.ndarray, path: str) -> None:
+    """Images `(N, H, W, C)` in [0, 1] decoded from a model's prior, in a square-ish grid."""
+    columns = int(np.ceil(np.sqrt(len(samples))))
+    _show_grid(image_grid(samples, columns), "samples from the prior", path)

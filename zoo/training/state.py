@@ -19,8 +19,8 @@ from zoo.training.regularizers import regularized
 
 class TrainState(train_state.TrainState):
     """Flax's TrainState plus `batch_stats` (empty without batch norm), a base PRNG `key`, and
-    static settings of the train step: the `task` that picks the loss ('classify', 'language' or
-    'regress'), the L1/L2 penalty and the augmentations.
+    static settings of the train step: the `task` that picks the loss ('classify', 'language',
+    'regress', 'reconstruct' or 'vae'), the L1/L2 penalty and the augmentations.
 
     The random numbers of step `s` (dropout, augmentation) come from `jax.random.fold_in(key, s)`:
     a pure function of the state, so a resumed run draws the same ones as an uninterrupted run.
@@ -125,10 +125,12 @@ def build_model(config: TrainConfig, dataset: Dataset) -> nn.Module:
 
 def model_for(config: TrainConfig, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     """The registry model for `config`, shaped for the data: its input shape (for models that
-    fix one) and its output width (`num_classes`, or a forecaster's `horizon`), computing in
-    `config.dtype` with float32 parameters."""
+    fix one) and its output width (`num_classes`, or a forecaster's `horizon`; none for an
+    autoencoder, whose output is its input's shape), computing in `config.dtype` with float32
+    parameters."""
     accepted = models.options(config.model)
-    fixed = {"horizon" if "horizon" in accepted else "num_classes": num_classes}
+    width = "horizon" if "horizon" in accepted else "num_classes"
+    fixed = {width: num_classes} if width in accepted else {}
     if "input_shape" in accepted:
         fixed["input_shape"] = tuple(input_shape)
     clash = sorted(set(fixed) & set(config.model_options))

@@ -1,9 +1,10 @@
 """The pure, jittable pieces of a training step: loss, train step, eval step.
 
 The loss follows the state's static `task`: softmax cross-entropy over classes ('classify', outputs
-`(B, K)`) or over the vocabulary at every step ('language', `(B, T, V)`), or mean squared error
-('regress', `(B, D)`). Metrics are sums, so batches add up exactly and padding rows (mask False)
-count for nothing.
+`(B, K)`) or over the vocabulary at every step ('language', `(B, T, V)`), mean squared error
+('regress', `(B, D)`; 'reconstruct', the input's pixels `(B, H, W, C)`), or a VAE's negative
+ELBO ('vae', `VAEOutput`). Metrics are sums, so batches add up exactly and padding rows (mask
+False) count for nothing.
 """
 
 from typing import Any
@@ -15,11 +16,18 @@ import optax
 from zoo import runtime
 from zoo.data.augment import augment
 from zoo.data.batching import Batch
+from zoo.models import kl_divergence
 from zoo.training.precision import MIN_SCALE, unscale, update_loss_scale
 from zoo.training.regularizers import Params, penalty
 from zoo.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
+
+# Bernoulli means are clipped this far from 0 and 1 in the log-likelihood (Keras' epsilon), so a
+# saturated pixel costs at most -log(1e-7) = 16 nats instead of an infinite loss.
+_EPSILON = 1e-7
+# The fold_in datum of the VAE's evaluation noise: no train step's key folds it in.
+_EVAL_NOISE = 2**32 - 1
 
 
 def _variables(params: Params, batch_stats: Any) -> dict[str, Any]:
@@ -32,14 +40,18 @@ def _row_weights(mask: jax.Array, like: jax.Array) -> jax.Array:
     return jnp.broadcast_to(mask, like.shape)
 
 
-def compute_metrics(task: str, outputs: jax.Array, batch: Batch) -> Metrics:
-    """Summed loss (and correct predictions) over the unmasked rows, with their count; in
-    float32 whatever the outputs' dtype."""
-    outputs = outputs.astype(jnp.float32)
-    if task == "regress":
-        errors = jnp.mean(jnp.square(outputs - batch.y), axis=-1)  # (B,)
+def compute_metrics(task: str, outputs: Any, batch: Batch) -> Metrics:
+    """Summed loss (and correct predictions, or a VAE's ELBO terms) over the unmasked rows, with
+    their count; in float32 whatever the outputs' dtype. `outputs` is the model's: an array, or
+    a VAE's `VAEOutput`."""
+    outputs = jax.tree.map(lambda o: o.astype(jnp.float32), outputs)
+    if task in ("regress", "reconstruct"):
+        target = batch.y if task == "regress" else batch.x
+        errors = _mean_per_row(jnp.square(outputs - target))  # (B,)
         weights = _row_weights(batch.mask, errors)
         return {"loss_sum": jnp.sum(errors * weights), "count": jnp.sum(weights)}
+    if task == "vae":
+        return _vae_metrics(outputs, batch)
     losses = optax.softmax_cross_entropy_with_integer_labels(outputs, batch.y)  # (B,) or (B, T)
     weights = _row_weights(batch.mask, losses)
     if losses.ndim == 2 and batch.lengths is not None:  # per-step outputs: padded steps count 0
@@ -49,6 +61,38 @@ def compute_metrics(task: str, outputs: jax.Array, batch: Batch) -> Metrics:
     return {
         "loss_sum": jnp.sum(losses * weights),
         "correct": jnp.sum(correct * weights),
+        "count": jnp.sum(weights),
+    }
+
+
+def _mean_per_row(values: jax.Array) -> jax.Array:
+    return jnp.mean(values.reshape(values.shape[0], -1), axis=-1)
+
+
+def bernoulli_nll(x: jax.Array, probabilities: jax.Array) -> jax.Array:
+    """`-log p(x)` in nats of pixels `x` in [0, 1] under independent Bernoulli `probabilities`
+    (the binary cross-entropy; pixels between 0 and 1 are read as soft labels), summed over every
+    axis but the first: `(B, ...)` -> `(B,)`."""
+    p = jnp.clip(probabilities, _EPSILON, 1.0 - _EPSILON)
+    log_likelihood = x * jnp.log(p) + (1.0 - x) * jnp.log1p(-p)
+    return -jnp.sum(log_likelihood.reshape(x.shape[0], -1), axis=-1)
+
+
+def _vae_metrics(outputs, batch: Batch) -> Metrics:
+    """The negative ELBO per example, `reconstruction + kl` with `reconstruction = -log p(x|z)`
+    at the decoded `z ~ q(z|x)` (one sample, the reparameterised estimate of its expectation)
+    and the closed-form `kl = KL(q(z|x) || N(0, I))`, in nats; and the pixels' mean squared
+    error."""
+    reconstruction, mean, logvar = outputs  # (B, H, W, C), (B, latent), (B, latent)
+    x = batch.x.astype(jnp.float32)
+    nll = bernoulli_nll(x, reconstruction)  # (B,)
+    kl = kl_divergence(mean, logvar)  # (B,)
+    weights = _row_weights(batch.mask, nll)
+    return {
+        "loss_sum": jnp.sum((nll + kl) * weights),
+        "reconstruction_sum": jnp.sum(nll * weights),
+        "kl_sum": jnp.sum(kl * weights),
+        "mse_sum": jnp.sum(_mean_per_row(jnp.square(reconstruction - x)) * weights),
         "count": jnp.sum(weights),
     }
 
@@ -65,6 +109,8 @@ def loss_fn(
     `(loss, (metric sums, new_batch_stats))`. The metric sums hold the data loss only."""
     variables = _variables(params, state.batch_stats)
     rngs = {"dropout": dropout_key}
+    if state.task == "vae":  # z ~ q(z|x), reparameterised
+        rngs["latent"] = jax.random.fold_in(dropout_key, 1)
     if state.batch_stats:
         outputs, updates = state.apply_fn(
             variables, *_inputs(batch), train=True, rngs=rngs, mutable=["batch_stats"]
@@ -156,11 +202,15 @@ def eval_step_fn(
     """Evaluation mode (no dropout, running BN stats): class predictions `(B,)` when classifying
     (else None) and summed metrics. `eval_step` is this function jitted (`zoo.runtime.jit`).
 
+    A VAE's ELBO is estimated at one `z ~ q(z|x)` per example, drawn from the same key at every
+    evaluation (folded from the state's), so validation epochs compare on the same noise.
+
     Under `jax.pmap` with `axis_name`, the predictions are gathered and the sums added up over
     the axis, so every device returns those of the global batch.
     """
     variables = _variables(state.params, state.batch_stats)
-    outputs = state.apply_fn(variables, *_inputs(batch), train=False)
+    rngs = {"latent": jax.random.fold_in(state.key, _EVAL_NOISE)} if state.task == "vae" else {}
+    outputs = state.apply_fn(variables, *_inputs(batch), train=False, rngs=rngs)
     predictions = jnp.argmax(outputs, axis=-1) if state.task == "classify" else None
     sums = compute_metrics(state.task, outputs, batch)
     if axis_name is not None:
@@ -174,11 +224,14 @@ eval_step = runtime.jit(eval_step_fn)
 
 
 def summarize_metrics(step_metrics: list[Metrics]) -> dict[str, float]:
-    """Mean loss (and accuracy, when counted) over a list of per-step metric sums; one host
-    sync."""
+    """Mean loss (and accuracy, when counted, and the mean of every other `NAME_sum` as `NAME`)
+    over a list of per-step metric sums; one host sync."""
     totals = jax.device_get(jax.tree.map(lambda *xs: sum(xs), *step_metrics))
     count = max(float(totals["count"]), 1.0)
     summary = {"loss": float(totals["loss_sum"]) / count}
     if "correct" in totals:
         summary["accuracy"] = float(totals["correct"]) / count
+    for name, total in totals.items():
+        if name.endswith("_sum") and name != "loss_sum":
+            summary[name.removesuffix("_sum")] = float(total) / count
     return summary
