@@ -2,6 +2,7 @@
 
     python benchmarks/compare.py                  # every benchmark; writes benchmarks/results.*
     python benchmarks/compare.py --only cnn,lstm  # some of them
+    python benchmarks/compare.py --only resnet18,mobilenet_v2 --out /tmp/cnn  # the CNN families
     python benchmarks/compare.py --quick          # a few rounds of the small sizes, a smoke test
     python benchmarks/compare.py --dtype bfloat16 # on GPU/TPU
 
@@ -14,7 +15,13 @@ achieved GFLOP/s (the same FLOP count for every implementation: XLA's cost analy
 compiled CNN step, and the RNNs' matmuls counted by hand) and its fraction of this machine's
 peak, measured in the same run with a large matmul. Warm-up includes JAX's compile time. Peers
 that are not installed are skipped with a note. Output: `results.json`, `results.md` and, with
-matplotlib, `results.png` (examples/s).
+matplotlib, `results.png` (examples/s), all of them rewritten with the benchmarks of this run
+only: give `--out` for a partial run.
+
+The CNN families (ResNet-18 with the CIFAR stem, MobileNetV2; their peers in `cnn_families.py`)
+have batch norm: every train step uses batch statistics and updates the running ones (zoo and
+Flax apply with `train=True, mutable=["batch_stats"]`, PyTorch in `train()` mode, Keras'
+`train_on_batch`) and inference the running ones; the logit check compares both modes.
 """
 
 import argparse
@@ -33,6 +40,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from cnn_families import (  # benchmarks/cnn_families.py, beside this script
+    FAMILIES,
+    keras_logits,
+    torch_batch_statistics_logits,
+)
 
 from zoo import models, runtime
 from zoo.layers.importers import (
@@ -41,6 +53,7 @@ from zoo.layers.importers import (
     from_flax_cell,
     from_keras,
     from_torch,
+    keras_weights,
 )
 from zoo.runtime import reuse_freed_memory
 
@@ -49,7 +62,7 @@ Step = Callable[[], None]  # runs one step and blocks until it is done
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
-    kind: str  # 'cnn', 'lstm' or 'gru'
+    kind: str  # 'cnn', 'lstm', 'gru' or a key of `cnn_families.FAMILIES`
     batch: int
     shape: tuple[int, ...]  # one example
     hidden: int = 0  # recurrent width (two layers)
@@ -62,8 +75,11 @@ BENCHMARKS = {
     "cnn_large": Benchmark("cnn", 512, (28, 28, 1)),
     "lstm_large": Benchmark("lstm", 64, (100, 28), 512),
     "gru_large": Benchmark("gru", 64, (100, 28), 512),
+    "resnet18": Benchmark("resnet18", 128, (32, 32, 3)),  # CIFAR stem
+    "mobilenet_v2": Benchmark("mobilenet_v2", 128, (32, 32, 3)),
 }
 QUICK = ("cnn", "lstm", "gru")
+RECURRENT = ("lstm", "gru")
 
 
 def _cast(tree, dtype):
@@ -81,32 +97,62 @@ def jax_steps(
     to_zoo: Callable | None = None,
     jit: Callable = jax.jit,
     gradients: Callable = contextlib.nullcontext,
+    compile: bool = True,
 ) -> dict[str, Step]:
     """Train and inference steps of a Flax module compiled by `jit`, their XLA FLOP counts, and
-    (with `to_zoo`, which converts its params) its initial logits and weights for the agreement
-    check. The gradient is taken inside `gradients()`: zoo's row asks for its hand-written CPU
-    gradients there, as zoo's own train step does."""
-    initial = model.init(jax.random.key(0), x)["params"]
-    params = _cast(initial, dtype)
+    (with `to_zoo`, which converts its variables) its initial logits and weights for the
+    agreement check. The gradient is taken inside `gradients()`: zoo's row asks for its
+    hand-written CPU gradients there, as zoo's own train step does.
+
+    A model with batch norm (`batch_stats` among its variables) is called with `train=True,
+    mutable=["batch_stats"]` in the train step, which carries the updated running statistics to
+    the next step, as zoo's training does, and with `train=False` for inference; its logits are
+    taken in both modes. `compile=False`: the logits and weights only, no steps.
+    """
+    initial = jax.jit(model.init)(jax.random.key(0), x)  # the same values as eagerly, sooner
+    params = _cast(initial["params"], dtype)
     tx = optax.adam(1e-3)
-    state = [params, tx.init(params)]
+    state = [params, initial.get("batch_stats"), tx.init(params)]  # batch_stats None: no norm
     x, y = jax.device_put(x.astype(dtype)), jax.device_put(y)
 
-    def loss(p, x, y):
-        logits = model.apply({"params": p}, x).astype(jnp.float32)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    def apply(params, batch_stats, x, train: bool):
+        """The logits, and the running statistics (updated by a training-mode pass)."""
+        if batch_stats is None:
+            return model.apply({"params": params}, x), None
+        variables = {"params": params, "batch_stats": batch_stats}
+        if not train:
+            return model.apply(variables, x, train=False), batch_stats
+        logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        return logits, updates["batch_stats"]
 
-    def train(params, opt_state, x, y):
+    def loss(p, batch_stats, x, y):
+        logits, batch_stats = apply(p, batch_stats, x, train=True)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+        return losses.mean(), batch_stats
+
+    def train(params, batch_stats, opt_state, x, y):
         with gradients():
-            grads = jax.grad(loss)(params, x, y)
+            grads, batch_stats = jax.grad(loss, has_aux=True)(params, batch_stats, x, y)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
+        return optax.apply_updates(params, updates), batch_stats, opt_state
 
+    def infer(params, batch_stats, x):
+        return apply(params, batch_stats, x, train=False)[0]
+
+    steps = {}
+    if to_zoo is not None:  # running statistics, then batch statistics: one compilation
+        modes = [False] if state[1] is None else [False, True]
+        logits = jax.jit(lambda p, s, x: [apply(p, s, x, train)[0] for train in modes])
+        values = logits(initial["params"], initial.get("batch_stats"), x.astype(np.float32))
+        steps.update(zip(["logits", "train_logits"], map(np.asarray, values), strict=False))
+        steps["zoo_variables"] = to_zoo(initial)
+    if not compile:
+        return steps
     start = time.perf_counter()
-    train_c = jit(train, donate_argnums=(0, 1)).lower(*state, x, y).compile()
+    train_c = jit(train, donate_argnums=(0, 1, 2)).lower(*state, x, y).compile()
     train_compile = time.perf_counter() - start
     start = time.perf_counter()
-    infer_c = jit(lambda p, x: model.apply({"params": p}, x)).lower(params, x).compile()
+    infer_c = jit(infer).lower(*state[:2], x).compile()
     infer_compile = time.perf_counter() - start
 
     def run_train():
@@ -114,17 +160,11 @@ def jax_steps(
         jax.block_until_ready(state)
 
     def run_infer():
-        jax.block_until_ready(infer_c(state[0], x))
+        jax.block_until_ready(infer_c(*state[:2], x))
 
-    steps = {
-        "train": run_train,
-        "infer": run_infer,
-        "flops": {"train": _flops(train_c), "infer": _flops(infer_c)},
-        "compile_seconds": {"train": train_compile, "infer": infer_compile},
-    }
-    if to_zoo is not None:
-        steps["logits"] = np.asarray(model.apply({"params": initial}, x.astype(np.float32)))
-        steps["zoo_params"] = to_zoo(initial)
+    steps["train"], steps["infer"] = run_train, run_infer
+    steps["flops"] = {"train": _flops(train_c), "infer": _flops(infer_c)}
+    steps["compile_seconds"] = {"train": train_compile, "infer": infer_compile}
     return steps
 
 
@@ -175,23 +215,30 @@ class FlaxRNN(nn.Module):
         return nn.Dense(10)(x[:, -1])
 
 
-def flax_to_zoo(bench: Benchmark, params: dict) -> dict:
-    """FlaxCNN's params already have zoo's names and layout; FlaxRNN's cells go through
-    `from_flax_cell`."""
+def flax_to_zoo(bench: Benchmark, variables: dict) -> dict:
+    """FlaxCNN's variables already have zoo's names and layout; FlaxRNN's cells go through
+    `from_flax_cell`, the CNN families through their converters."""
+    if bench.kind in FAMILIES:
+        return FAMILIES[bench.kind].flax_to_zoo(variables)
     if bench.kind == "cnn":
-        return params
+        return variables
+    params = variables["params"]
     cell = "OptimizedLSTMCell" if bench.kind == "lstm" else "GRUCell"  # cells named in FlaxRNN
     layers = {f"layer_{k}": from_flax_cell(params[f"{cell}_{k}"], bench.kind) for k in (0, 1)}
-    return {"StackedRNN_0": layers, "Dense_0": params["Dense_0"]}
+    return {"params": {"StackedRNN_0": layers, "Dense_0": params["Dense_0"]}}
 
 
 def zoo_model(bench: Benchmark) -> nn.Module:
+    if bench.kind in FAMILIES:
+        return FAMILIES[bench.kind].zoo(bench.shape)
     if bench.kind == "cnn":
         return models.create("cnn", input_shape=bench.shape)
     return models.create(bench.kind, input_shape=bench.shape, hidden_sizes=(bench.hidden,) * 2)
 
 
 def flax_model(bench: Benchmark) -> nn.Module:
+    if bench.kind in FAMILIES:
+        return FAMILIES[bench.kind].flax()
     return FlaxCNN() if bench.kind == "cnn" else FlaxRNN(bench.kind, bench.hidden)
 
 
@@ -199,7 +246,12 @@ def torch_steps(bench: Benchmark, x: np.ndarray, y: np.ndarray, dtype: str) -> d
     import torch
 
     torch.manual_seed(0)
-    if bench.kind == "cnn":
+    batch_norm = bench.kind in FAMILIES  # batch statistics in training, running ones otherwise
+    if batch_norm:
+        net = FAMILIES[bench.kind].torch()
+        inputs = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # NCHW
+        variables = FAMILIES[bench.kind].torch_to_zoo(net.state_dict())
+    elif bench.kind == "cnn":
         net = torch.nn.Sequential(
             torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
             torch.nn.Conv2d(32, 64, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
@@ -207,7 +259,7 @@ def torch_steps(bench: Benchmark, x: np.ndarray, y: np.ndarray, dtype: str) -> d
             torch.nn.Linear(576, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10),
         )  # fmt: skip
         inputs = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # NCHW
-        zoo_params = cnn_from_torch(net.state_dict(), bench.shape)
+        variables = {"params": cnn_from_torch(net.state_dict(), bench.shape)}
     else:
         rnn_class = torch.nn.LSTM if bench.kind == "lstm" else torch.nn.GRU
         rnn = rnn_class(x.shape[-1], bench.hidden, num_layers=2, batch_first=True)
@@ -222,12 +274,15 @@ def torch_steps(bench: Benchmark, x: np.ndarray, y: np.ndarray, dtype: str) -> d
                 return self.head(self.rnn(v)[0][:, -1])
 
         net, inputs = Net(), torch.from_numpy(x)
-        zoo_params = {
+        params = {
             "StackedRNN_0": from_torch(rnn.state_dict(), bench.kind),
             "Dense_0": dense_from_torch(head.weight, head.bias),
         }
+        variables = {"params": params}
+    net.eval()
     with torch.no_grad():
         logits = net(inputs).numpy()
+    train_logits = torch_batch_statistics_logits(net, inputs) if batch_norm else None
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     net = net.to(device=device, dtype=torch_dtype)
@@ -237,17 +292,22 @@ def torch_steps(bench: Benchmark, x: np.ndarray, y: np.ndarray, dtype: str) -> d
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def run_train():
+        if batch_norm:
+            net.train()
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(net(inputs).float(), labels).backward()
         optimizer.step()
         sync()
 
     def run_infer():
+        if batch_norm:
+            net.eval()
         with torch.no_grad():
             net(inputs)
         sync()
 
-    return {"train": run_train, "infer": run_infer, "logits": logits, "zoo_params": zoo_params}
+    steps = {"train": run_train, "infer": run_infer, "logits": logits, "zoo_variables": variables}
+    return steps | ({"train_logits": train_logits} if batch_norm else {})
 
 
 def keras_steps(bench: Benchmark, x: np.ndarray, y: np.ndarray, dtype: str) -> dict[str, Step]:
@@ -263,28 +323,37 @@ def keras_steps(bench: Benchmark, x: np.ndarray, y: np.ndarray, dtype: str) -> d
             layers.Conv2D(64, 3, activation="relu"), layers.Flatten(),
             layers.Dense(64, activation="relu"),
         ]  # fmt: skip
-    else:
+    elif bench.kind in RECURRENT:
         rnn = layers.LSTM if bench.kind == "lstm" else layers.GRU
         body = [rnn(bench.hidden, return_sequences=True), rnn(bench.hidden)]
-    model = keras.Sequential([keras.Input(bench.shape), *body, layers.Dense(10)])
+    if bench.kind in FAMILIES:
+        with jax.numpy_rank_promotion("allow"):
+            model = FAMILIES[bench.kind].keras(bench.shape)
+    else:
+        model = keras.Sequential([keras.Input(bench.shape), *body, layers.Dense(10)])
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=True,
     )
     weights = [layer.get_weights() for layer in model.layers if layer.get_weights()]
-    if bench.kind == "cnn":  # Keras' Conv2D and Dense layouts are zoo's
+    if bench.kind in FAMILIES:
+        variables = FAMILIES[bench.kind].keras_to_zoo(keras_weights(model))
+    elif bench.kind == "cnn":  # Keras' Conv2D and Dense layouts are zoo's
         names = ["Conv_0", "Conv_1", "Conv_2", "Dense_0", "Dense_1"]
-        zoo_params = {
-            n: {"kernel": w[0], "bias": w[1]} for n, w in zip(names, weights, strict=True)
-        }
+        params = {n: {"kernel": w[0], "bias": w[1]} for n, w in zip(names, weights, strict=True)}
+        variables = {"params": params}
     else:
-        zoo_params = {
+        params = {
             "StackedRNN_0": from_keras(weights[:2], bench.kind),
             "Dense_0": {"kernel": weights[2][0], "bias": weights[2][1]},
         }
+        variables = {"params": params}
     with jax.numpy_rank_promotion("allow"):
-        logits = np.asarray(model.predict_on_batch(x), np.float32)
+        if bench.kind in FAMILIES:
+            logits, train_logits = keras_logits(model, x)
+        else:
+            logits = np.asarray(model.predict_on_batch(x), np.float32)
 
     def run_train():
         with jax.numpy_rank_promotion("allow"):  # Keras relies on implicit rank promotion
@@ -294,19 +363,34 @@ def keras_steps(bench: Benchmark, x: np.ndarray, y: np.ndarray, dtype: str) -> d
         with jax.numpy_rank_promotion("allow"):
             model.predict_on_batch(x)
 
-    return {"train": run_train, "infer": run_infer, "logits": logits, "zoo_params": zoo_params}
+    steps = {"train": run_train, "infer": run_infer, "logits": logits, "zoo_variables": variables}
+    return steps | ({"train_logits": train_logits} if bench.kind in FAMILIES else {})
 
 
 def agreement(bench: Benchmark, x: np.ndarray, impls: dict[str, dict]) -> dict[str, float]:
     """Each peer's initial weights, imported into zoo's model: the largest absolute difference
     between zoo's logits and the peer's on the benchmark batch. Small values mean the
-    implementations compute the same function, so the timings compare the same math."""
+    implementations compute the same function, so the timings compare the same math.
+
+    With batch norm, the larger difference of its two modes: running statistics (`train=False`)
+    and batch statistics (`train=True`, the train step's). The first alone checks little at
+    initial weights: with running statistics still 0 and 1, fifty layers shrink the signal to
+    nothing and every example's logits are the head's bias."""
     model = zoo_model(bench)
-    return {
-        name: float(np.max(np.abs(model.apply({"params": impl["zoo_params"]}, x) - impl["logits"])))
-        for name, impl in impls.items()
-        if "zoo_params" in impl
-    }
+
+    @jax.jit
+    def logits(variables, x) -> list[jax.Array]:
+        if "batch_stats" not in variables:
+            return [model.apply(variables, x)]
+        train_mode, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        return [model.apply(variables, x), train_mode]
+
+    def difference(impl) -> float:
+        ours = logits(impl["zoo_variables"], x)
+        theirs = [impl["logits"], impl.get("train_logits")]
+        return float(max(np.max(np.abs(a - b)) for a, b in zip(ours, theirs, strict=False)))
+
+    return {name: difference(impl) for name, impl in impls.items() if "zoo_variables" in impl}
 
 
 def peak_matmul_gflops(dtype, size: int = 2048, repeats: int = 10) -> float:
@@ -367,22 +451,44 @@ def available_peers() -> dict[str, object]:
     return peers
 
 
-def run_benchmark(name, bench, peers, dtype, rounds, per_round) -> dict:
+def batch(bench: Benchmark) -> tuple[np.ndarray, np.ndarray]:
+    """The benchmark's inputs `(B, *shape)` and labels `(B,)`, the same for every implementation."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(bench.batch, *bench.shape)).astype(np.float32)
     y = rng.integers(0, 10, bench.batch).astype(np.int32)
+    return x, y
+
+
+def implementations(
+    bench: Benchmark, x, y, peers, dtype: str, compile: bool = True
+) -> dict[str, dict]:
+    """Every implementation's steps, and the peers' logits and weights in zoo's variables.
+    `compile=False` (a test of `agreement`): no zoo, and no JAX steps compiled."""
     jax_dtype = jnp.dtype(dtype)
-    # zoo's steps are compiled as zoo's training compiles them; Flax's with a plain jax.jit.
-    zoo = jax_steps(
-        zoo_model(bench), x, y, jax_dtype, jit=runtime.jit, gradients=runtime.hand_written_gradients
+    impls = {}
+    if compile:  # zoo's steps as zoo's training compiles them; Flax's with a plain jax.jit
+        impls["zoo"] = jax_steps(
+            zoo_model(bench),
+            x,
+            y,
+            jax_dtype,
+            jit=runtime.jit,
+            gradients=runtime.hand_written_gradients,
+        )
+    impls["flax"] = jax_steps(
+        flax_model(bench), x, y, jax_dtype, lambda v: flax_to_zoo(bench, v), compile=compile
     )
-    impls = {"zoo": zoo}
-    impls["flax"] = jax_steps(flax_model(bench), x, y, jax_dtype, lambda p: flax_to_zoo(bench, p))
     if "pytorch" in peers:
         impls["pytorch"] = torch_steps(bench, x, y, dtype)
     if "keras" in peers:
         impls["keras"] = keras_steps(bench, x, y, dtype)
-    flops = impls["zoo"]["flops"] if bench.kind == "cnn" else rnn_flops(bench)
+    return impls
+
+
+def run_benchmark(name, bench, peers, dtype, rounds, per_round) -> dict:
+    x, y = batch(bench)
+    impls = implementations(bench, x, y, peers, dtype)
+    flops = rnn_flops(bench) if bench.kind in RECURRENT else impls["zoo"]["flops"]
     result = {**dataclasses.asdict(bench), "flops": flops, "timings": {}}
     result["max_logit_difference"] = agreement(bench, x, impls)
     for mode in ("train", "infer"):

@@ -1,14 +1,55 @@
-"""benchmarks/compare.py --quick runs and writes a well-formed report (timings are not judged)."""
+"""benchmarks/compare.py --quick runs and writes a well-formed report (timings are not judged),
+and every implementation of the CNN families computes zoo's function."""
 
+import dataclasses
+import importlib
 import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
+
+
+@pytest.fixture(scope="module")
+def compare():
+    """benchmarks/compare.py as a module (it imports cnn_families.py from beside it)."""
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        yield importlib.import_module("compare")
+    finally:
+        sys.path.remove(BENCHMARKS)
+
+
+# MobileNetV2 (80 s here, 2026-12-01) is checked by every compare.py run, which records each
+# peer's logit difference in results.json; its last blocks see 1x1 maps, where batch norm over
+# fewer than 16 examples rounds float32 into differences of 0.1 (in float64 they agree to 1e-9).
+@pytest.mark.slow
+@pytest.mark.parametrize("name, batch", [("resnet18", 2)])
+def test_cnn_family_peers_compute_zoos_function(compare, name, batch):
+    """At a small batch, each peer's initial weights imported into zoo give the peer's own
+    logits, with batch norm on running and on batch statistics: what makes the timings compare
+    the same math. Only forward passes: no step is compiled."""
+    peers = {
+        p: pytest.importorskip(m).__version__ for p, m in [("pytorch", "torch"), ("keras", "keras")]
+    }
+    bench = dataclasses.replace(compare.BENCHMARKS[name], batch=batch)
+    x, y = compare.batch(bench)
+    impls = compare.implementations(bench, x, y, peers, "float32", compile=False)
+    differences = compare.agreement(bench, x, impls)
+    assert set(differences) == {"flax", "pytorch", "keras"}
+    for peer, difference in differences.items():
+        logits = impls[peer]["train_logits"]
+        assert logits.shape == impls[peer]["logits"].shape == (batch, 10), peer
+        scale = np.max(np.abs(logits))
+        # Not a vacuous check: the two examples' logits differ (they are not the head's bias).
+        assert np.max(np.abs(logits[0] - logits[1])) > 0.1 * scale, peer
+        assert difference < 1e-4 * scale, (peer, difference)
 
 
 @pytest.mark.slow

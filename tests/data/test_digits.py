@@ -4,6 +4,31 @@ import pytest
 pytest.importorskip("sklearn")
 
 from zoo.data import load_digits  # noqa: E402
+from zoo.data.digits import read_digits  # noqa: E402
+
+
+def test_the_file_read_directly_is_scikit_learns_dataset(monkeypatch):
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    images, labels = read_digits()
+    np.testing.assert_array_equal(images, bunch.images)
+    np.testing.assert_array_equal(labels, bunch.target)
+    # Where the file is not where scikit-learn keeps it today, its loader reads it.
+    monkeypatch.setattr("pathlib.Path.is_file", lambda path: False)
+    fallback_images, fallback_labels = read_digits()
+    np.testing.assert_array_equal(fallback_images, bunch.images)
+    np.testing.assert_array_equal(fallback_labels, bunch.target)
+
+
+def test_loading_the_digits_does_not_import_scikit_learn():
+    """It takes 4 s of every short `train.py` run."""
+    import subprocess
+    import sys
+
+    code = "import sys, zoo.data; zoo.data.load_digits(); print('sklearn' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
 
 
 def test_digits_shapes_ranges_and_splits():

@@ -161,14 +161,17 @@ def test_jvp_and_hessian_vector_products_match_the_hand_written_gradients(case):
         model, variables, x = _model_and_inputs(case)
         apply = _output(model, variables)
         params = variables["params"]
-        keys = iter(jax.random.split(jax.random.key(2), len(jax.tree.leaves(params))))
-        tangent = jax.tree.map(lambda a: jax.random.normal(next(keys), a.shape, a.dtype), params)
+        rng = np.random.default_rng(2)  # NumPy: eager jax.random compiles once per leaf shape
+        tangent = jax.tree.map(lambda a: rng.normal(size=a.shape).astype(a.dtype), params)
 
         def loss(p):
             return jnp.sum(jnp.sin(apply(p, x)))
 
         def flat(tree):
             return jnp.concatenate([jnp.ravel(a) for a in jax.tree.leaves(tree)])
+
+        def np_flat(tree):
+            return np.concatenate([np.ravel(a) for a in jax.tree.leaves(tree)])
 
         # Forward mode through the plain layers.
         _, jvp = jax.jit(lambda p, t: jax.jvp(lambda p: apply(p, x), (p,), (t,)))(params, tangent)
@@ -188,15 +191,17 @@ def test_jvp_and_hessian_vector_products_match_the_hand_written_gradients(case):
         def loss_hw(p):  # traced inside `reverse`, so under hand_written_gradients
             return jnp.sum(jnp.sin(_as_array(model.apply({**variables, "params": p}, x))))
 
-        jacobian, reverse_hvp = reverse(params, tangent)
+        jacobian, reverse_hvp = jax.device_get(reverse(params, tangent))
         leaves, tangents = jax.tree.leaves(jacobian), jax.tree.leaves(tangent)
-        expected = sum(jnp.tensordot(j, t, t.ndim) for j, t in zip(leaves, tangents, strict=True))
+        expected = sum(np.tensordot(j, t, t.ndim) for j, t in zip(leaves, tangents, strict=True))
         np.testing.assert_allclose(jvp, expected, rtol=1e-7, atol=1e-9)
-        np.testing.assert_allclose(flat(hvp), flat(reverse_hvp), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(np_flat(hvp), np_flat(reverse_hvp), rtol=1e-6, atol=1e-9)
         if case in ("charlm", "cnn_lstm", "gru"):  # the whole Hessian: jacfwd of jacrev
             unravel = jax.flatten_util.ravel_pytree(params)[1]
-            hessian = jax.hessian(lambda v: loss(unravel(v)))(flat(params))
-            np.testing.assert_allclose(hessian @ flat(tangent), flat(hvp), rtol=1e-6, atol=1e-9)
+            hessian = jax.jit(jax.hessian(lambda v: loss(unravel(v))))(np_flat(params))
+            np.testing.assert_allclose(
+                hessian @ np_flat(tangent), np_flat(hvp), rtol=1e-6, atol=1e-9
+            )
 
 
 def test_runtime_jit_takes_forward_mode_of_a_model():
@@ -225,7 +230,7 @@ def test_mixed_precision_keeps_params_in_param_dtype_and_computes_in_dtype(case,
         x = jax.random.randint(jax.random.key(1), shape, 0, options["num_classes"])
     else:
         x = jax.random.normal(jax.random.key(1), shape)  # float32 input, as from a data loader
-    variables = model.init(jax.random.key(0), x)
+    variables = jax.jit(model.init)(jax.random.key(0), x)
     assert {a.dtype for a in jax.tree.leaves(variables["params"])} == {jnp.dtype(jnp.float32)}
     y = _as_array(jax.jit(model.apply)(variables, x))
     if models.task(name) != "regress":  # the forecasters add their float32 input's last value

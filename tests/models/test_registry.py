@@ -116,10 +116,11 @@ TRANSFORMED = [
 
 
 def example(shape, dtype, batch, seed=0):
-    key = jax.random.key(seed)
+    """NumPy inputs: eager `jax.random` compiles a program for every new shape."""
+    rng = np.random.default_rng(seed)
     if jnp.issubdtype(dtype, jnp.integer):
-        return jax.random.randint(key, (*batch, *shape), 0, 4, dtype)
-    return jax.random.normal(key, (*batch, *shape), dtype)
+        return rng.integers(0, 4, (*batch, *shape)).astype(dtype)
+    return rng.normal(size=(*batch, *shape)).astype(dtype)
 
 
 def output_shape(model, shape):
@@ -150,7 +151,7 @@ def _check_output_shapes(apply, batch_sizes, configs=CONFIGS):
         for batch in batch_sizes:
             y = _main(apply(model)(variables, example(shape, dtype, (batch,), seed=batch)))
             chex.assert_shape(y, (batch, *output_shape(model, shape)))
-            chex.assert_tree_all_finite(y)
+            assert np.isfinite(np.asarray(y)).all(), name
 
 
 def test_output_shapes_eagerly_for_a_batch_of_one():
@@ -171,7 +172,9 @@ def test_unbatched_and_multi_batch_inputs(key, name, options, shape, dtype):
     apply = jax.jit(model.apply)
     y = _main(apply(variables, x))
     assert y.shape == (2, 3, *output_shape(model, shape))
-    np.testing.assert_allclose(_main(apply(variables, x[1, 2])), y[1, 2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        _main(apply(variables, x[1, 2])), np.asarray(y)[1, 2], rtol=1e-5, atol=1e-6
+    )
 
 
 def _loss(model, variables):
@@ -185,17 +188,21 @@ def _loss(model, variables):
 @pytest.mark.parametrize("name, options, shape, dtype", TRANSFORMED)
 def test_params_are_plain_pytrees_for_grad(key, name, options, shape, dtype):
     model = models.create(name, **options)
-    x = example(shape, dtype, (4,))
+    # At widths of 1 or 2 every relu of a block can be off for some inputs (this one for 4
+    # examples of numpy's seed 0 in resnet50); these are not such.
+    x = example(shape, dtype, (4,), seed=1)
     variables = jax.jit(model.init)(key, x)
     # A point near init, so zero-initialised layers (the forecaster's head) do not block gradients.
-    leaves, treedef = jax.tree.flatten(variables["params"])
-    noise = [
-        0.01 * jax.random.normal(jax.random.fold_in(key, i), p.shape) for i, p in enumerate(leaves)
-    ]
-    params = jax.tree.unflatten(treedef, [p + n for p, n in zip(leaves, noise, strict=True)])
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(
+        lambda p: p + (0.01 * rng.normal(size=p.shape)).astype(p.dtype),
+        jax.device_get(variables["params"]),
+    )
     grads = jax.jit(jax.grad(_loss(model, variables)))(params, x)
     chex.assert_trees_all_equal_shapes(grads, variables["params"])
-    assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads))  # every param matters
+    leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(grads))
+    unused = [jax.tree_util.keystr(path) for path, g in leaves if not np.abs(g).sum() > 0]
+    assert not unused, f"no gradient reaches {unused}"  # every parameter matters
 
 
 @pytest.mark.parametrize("index", [0, 5, 8, 12], ids=lambda i: IDS[i])
@@ -208,13 +215,13 @@ def test_vmap_per_example_gradients_and_ensembles(key, index):
     grads = jax.jit(jax.grad(loss))(variables["params"], x)
     # Per-example gradients with vmap add up to the batch gradient (eval mode is per-example).
     per_example = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(variables["params"], x)
-    chex.assert_trees_all_close(
-        jax.tree.map(lambda g: g.sum(0), per_example), grads, rtol=1e-4, atol=1e-5
-    )
+    summed = jax.tree.map(lambda g: g.sum(0), jax.device_get(per_example))
+    chex.assert_trees_all_close(summed, jax.device_get(grads), rtol=1e-4, atol=1e-5)
     # An ensemble: vmap init over keys gives stacked, distinct parameters.
     ensemble = jax.jit(jax.vmap(model.init, in_axes=(0, None)))(jax.random.split(key, 3), x)
     kernel = max(jax.tree.leaves(ensemble["params"]), key=lambda leaf: leaf.size)
-    assert kernel.shape[0] == 3 and not jnp.allclose(kernel[0], kernel[1])
+    kernel = np.asarray(kernel)
+    assert kernel.shape[0] == 3 and not np.allclose(kernel[0], kernel[1])
 
 
 @pytest.mark.parametrize("name", ["lstm", "bilstm", "charlm", "cnn_lstm", "forecast", "convnet"])

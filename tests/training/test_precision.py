@@ -90,16 +90,16 @@ def test_float16_skips_overflowing_steps_halves_the_scale_and_then_trains(digits
     assert trained and trained[-1] < 0.5 * trained[0]
 
 
+# The LSTM preset trains in bfloat16 too (0.9889, float32 0.9916; 2026-12-01), but emulated
+# bfloat16 made that the suite's longest test; its layers' bfloat16 forward and gradients are
+# checked in tests/models/test_every_model.py.
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name, overrides",
-    [
-        ("cnn", {"epochs": 20, "augment": (), "patience": None, "learning_rate": 2e-3}),
-        ("lstm", {}),  # the preset: 25 epochs (float32: 0.9916)
-    ],
+    [("cnn", {"epochs": 20, "augment": (), "patience": None, "learning_rate": 2e-3})],
 )
 def test_seed_models_train_in_bfloat16_as_well_as_in_float32(tmp_path, name, overrides):
-    # Measured 2026-12-01: cnn 0.9805 in both dtypes with these settings; lstm 0.9889.
+    # Measured 2026-12-01: cnn 0.9805 in both dtypes with these settings.
     pytest.importorskip("sklearn")
     config = TrainConfig.for_model(name, dtype="bfloat16", **overrides)
     results = train_and_evaluate(config, str(tmp_path), log=lambda _: None, verbose=False)

@@ -54,6 +54,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model_options": {"channels": (64, 64, 64), "dropout": 0.2},
     },
     "tcn_forecast": {"dataset": "series", "epochs": 10, "batch_size": 16},
+    # The CNN families on the digits at 28x28x1 (the input shape is the data's).
+    **dict.fromkeys(
+        ["lenet5", "lenet5_relu", "resnet18", "resnet34", "resnet50", "resnet20", "mobilenet_v2"],
+        {"dataset": "digits", "epochs": 20, "schedule": "cosine"},
+    ),
+    # Without batch norm, VGG's plain stack of 8 or 13 convolutions needs a small step.
+    **dict.fromkeys(
+        ["vgg11", "vgg16"],
+        {"dataset": "digits", "epochs": 15, "learning_rate": 1e-4, "schedule": "cosine"},
+    ),
+    **dict.fromkeys(
+        ["vgg11_bn", "vgg16_bn"], {"dataset": "digits", "epochs": 15, "schedule": "cosine"}
+    ),
     # The digits' pixels, their labels unused.
     "autoencoder": {"dataset": "digits", "epochs": 40, "learning_rate": 2e-3, "schedule": "cosine"},
     "vae": {"dataset": "digits", "epochs": 40, "learning_rate": 2e-3, "schedule": "cosine"},
