@@ -66,3 +66,12 @@ def test_seed_cnn_on_a_png_folder_of_the_digits(tmp_path):
     sizes = json.loads((tmp_path / "run" / "dataset.json").read_text())["sizes"]
     assert list(sizes.values()) == [len(split.x) for split in digits[:3]]
     assert results["test_accuracy"] >= 0.97
+
+
+def test_a_cnn_family_preset_on_digits(tmp_path):
+    """The CNN families' presets (issue 19): LeNet-5 with relu and max pooling, 0.9805 on
+    2026-12-01 (README); the others are measured by benchmarks/presets.py, minutes each."""
+    pytest.importorskip("sklearn")
+    results = run("lenet5_relu", tmp_path)
+    assert results["config"]["epochs"] == 20 and results["config"]["schedule"] == "cosine"
+    assert results["test_accuracy"] >= 0.96

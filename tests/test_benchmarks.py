@@ -101,3 +101,23 @@ def test_scaling_quick_writes_results(tmp_path):
         expected = int(n) * results["per_device_batch"] / (t["median_ms"] / 1e3)
         assert abs(t["examples_per_second"] - expected) < 1e-6 * expected
     assert "| lstm | 2 | 64 |" in result.stdout
+
+
+def test_presets_records_each_run_and_merges_rows(tmp_path):
+    pytest.importorskip("statsmodels")
+    out = tmp_path / "presets.json"
+    out.write_text(json.dumps({"cnn seed 0": {"test_accuracy": 0.5}}))  # an earlier row stays
+    result = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "presets.py"), "forecast", "--runs",
+         str(tmp_path / "runs"), "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    table = json.loads(out.read_text())
+    assert set(table) == {"cnn seed 0", "forecast seed 0"}
+    row = table["forecast seed 0"]
+    metrics = json.loads((tmp_path / "runs" / "forecast" / "metrics.json").read_text())
+    assert row["test_mse"] == metrics["test_mse"] and row["naive_mse"] == metrics["naive_mse"]
+    assert row["train_seconds"] == metrics["train_seconds"] > 0
+    assert row["command"] == "python train.py --model forecast --seed 0"
+    assert row["dataset"] == "series" and row["epochs"] == metrics["epochs"]
