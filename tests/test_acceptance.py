@@ -11,7 +11,7 @@ import pytest
 
 from zoo.training import TrainConfig, train_and_evaluate
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.optimized]
 
 
 def run(model: str, tmp_path) -> dict:
@@ -39,12 +39,12 @@ def test_forecaster_beats_the_naive_forecast(tmp_path):
 
 
 def test_char_lm_on_cpython_prose(tmp_path):
-    """The preset's settings for half its 10 epochs (the cosine decay over those 5): 2.06 bits
-    per character on 2026-12-01 (unigram: 4.69), in half the time. The whole preset's figure,
-    1.78, is the shipped weights' card, which tests/test_weights.py checks."""
-    config = dataclasses.replace(TrainConfig.for_model("charlm"), epochs=5)
+    """The preset's settings for 3 of its 10 epochs (the cosine decay over those 3): 2.41 bits
+    per character on 2026-12-01 in 76 s of training (5 epochs: 2.06; unigram: 4.69). The whole
+    preset's figure, 1.78, is the shipped weights' card, which tests/test_weights.py checks."""
+    config = dataclasses.replace(TrainConfig.for_model("charlm"), epochs=3)
     results = train_and_evaluate(config, str(tmp_path), log=lambda line: None)
-    assert results["test_bpc"] <= 2.15
+    assert results["test_bpc"] <= 2.5
 
 
 def test_seed_cnn_on_a_png_folder_of_the_digits(tmp_path):

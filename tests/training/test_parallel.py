@@ -316,8 +316,8 @@ def test_train_py_gives_the_same_run_with_every_layout(tmp_path):
     sharding over 2 devices, against one device. (Not more devices than the CI machine's 2 cores:
     once, 4 forced devices here hit XLA:CPU's 40 s collective rendezvous timeout with only 2 of
     4 device threads arrived.)"""
-    flags = ["--model", "convnet", "--model-option", "batch_norm=True", "--epochs", "2"]
-    flags += ["--batch-size", "128"]  # 20 steps: each waits for both device threads
+    flags = ["--model", "convnet", "--model-option", "batch_norm=True", "--epochs", "1"]
+    flags += ["--batch-size", "128"]  # 10 steps: each waits for both device threads
     results = {}
     for name in ("none", "pmap", "sharding"):
         code, _, err = run(cli(*flags, "--parallel", name, "--out", str(tmp_path / name)), 2)

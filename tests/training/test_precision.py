@@ -94,6 +94,7 @@ def test_float16_skips_overflowing_steps_halves_the_scale_and_then_trains(digits
 # bfloat16 made that the suite's longest test; its layers' bfloat16 forward and gradients are
 # checked in tests/models/test_every_model.py.
 @pytest.mark.slow
+@pytest.mark.optimized
 @pytest.mark.parametrize(
     "name, overrides",
     [("cnn", {"epochs": 20, "augment": (), "patience": None, "learning_rate": 2e-3})],

@@ -125,6 +125,7 @@ def test_image_grid_tiles_row_by_row_with_gaps():
 
 
 @pytest.mark.slow
+@pytest.mark.optimized
 def test_an_autoencoder_trains_on_arrays_without_labels_and_beats_the_mean_image(tmp_path):
     pytest.importorskip("matplotlib")
     digits = data.load_digits(image_size=8)

@@ -61,6 +61,7 @@ def _train(*args) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.optimized  # 12 epochs, so the first run is still training when the second starts
 def test_two_train_py_runs_into_one_directory(tmp_path):
     """The second is refused at once; the first finishes with its own, unmixed files. Then a
     run killed with SIGKILL while it holds the directory does not block the next one."""
@@ -88,12 +89,11 @@ def test_two_train_py_runs_into_one_directory(tmp_path):
     assert metrics["config"]["seed"] == 1 and [r["epoch"] for r in metrics["history"]] == epochs
 
     killed_out = str(tmp_path / "killed")
-    killed = subprocess.Popen(_train(*flags[:-1], killed_out), cwd=ROOT)
+    short = ["--epochs", "2", "--batch-size", "32", "--out", killed_out]
+    killed = subprocess.Popen(_train(*short), cwd=ROOT)
     _wait_for_holder(killed_out, killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    after = subprocess.run(
-        _train(*flags[:-1], killed_out), cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    after = subprocess.run(_train(*short), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert after.returncode == 0, after.stderr
     assert os.path.exists(os.path.join(killed_out, "metrics.json"))
