@@ -29,7 +29,7 @@ import numpy as np
 
 from zoo import models
 from zoo.layers import importers
-from zoo.models import mobilenet
+from zoo.models import mobilenet, resnet
 
 Variables = dict[str, Any]  # {"params": ..., "batch_stats": ...}
 
@@ -223,31 +223,6 @@ def torch_resnet18(num_classes: int = 10):
             return self.fc(x.mean(dim=(2, 3)))
 
     return ResNet18()
-
-
-def torch_resnet18_to_zoo(state_dict: Mapping[str, Any]) -> Variables:
-    """torchvision names: `conv1`/`bn1`, `layer{1..4}.{i}.conv{1,2}/bn{1,2}`, `downsample.0/1`,
-    `fc` (`zoo.models.resnet.from_torch` reads the ImageNet stem only)."""
-    out = importers.Variables()
-    importers.put_torch_conv_norm(out, "stem", state_dict, "conv1", "bn1")
-    for path, stage, index, _ in _resnet18_blocks():
-        torch = f"layer{stage + 1}.{index}"
-        for k in (1, 2):
-            importers.put_torch_conv_norm(
-                out, f"{path}/conv{k}", state_dict, f"{torch}.conv{k}", f"{torch}.bn{k}"
-            )
-        if f"{torch}.downsample.0.weight" in state_dict:
-            importers.put_torch_conv_norm(
-                out,
-                f"{path}/shortcut",
-                state_dict,
-                f"{torch}.downsample.0",
-                f"{torch}.downsample.1",
-            )
-    out.put(
-        "params", "head", importers.dense_from_torch(state_dict["fc.weight"], state_dict["fc.bias"])
-    )
-    return dict(out)
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -465,7 +440,7 @@ FAMILIES = {
         flax=FlaxResNet18,
         flax_to_zoo=flax_resnet18_to_zoo,
         torch=torch_resnet18,
-        torch_to_zoo=torch_resnet18_to_zoo,
+        torch_to_zoo=functools.partial(resnet.from_torch, _zoo_resnet18((32, 32, 3))),
         keras=keras_resnet18,
         keras_to_zoo=keras_resnet18_to_zoo,
     ),

@@ -75,11 +75,15 @@ class TorchBottleneck(tnn.Module):
 
 
 class TorchResNet(tnn.Module):
-    def __init__(self, block, layers, num_classes, channels=3, width=64):
+    def __init__(self, block, layers, num_classes, channels=3, width=64, stem="imagenet"):
         super().__init__()
-        self.conv1 = tnn.Conv2d(channels, width, 7, 2, 3, bias=False)
+        if stem == "imagenet":
+            self.conv1 = tnn.Conv2d(channels, width, 7, 2, 3, bias=False)
+            self.pool = tnn.MaxPool2d(3, 2, 1)
+        else:  # CIFAR: one 3x3 convolution, no pooling
+            self.conv1 = tnn.Conv2d(channels, width, 3, 1, 1, bias=False)
+            self.pool = tnn.Identity()
         self.bn1 = tnn.BatchNorm2d(width)
-        self.pool = tnn.MaxPool2d(3, 2, 1)
         inputs, stages = width, []
         for i, blocks in enumerate(layers):
             stage = []
@@ -288,20 +292,44 @@ def test_mobilenet_v2_logits_equal_keras_at_small_sizes_and_widths(shape):
 
 
 @pytest.mark.parametrize(
-    "name, torch_model, shape",
+    "name, torch_model, shape, stem",
     [
-        ("resnet18", lambda: TorchResNet(TorchBasic, (2, 2, 2, 2), 7, 3, 16), (40, 36, 3)),
-        ("resnet50", lambda: TorchResNet(TorchBottleneck, (3, 4, 6, 3), 7, 1, 8), (33, 32, 1)),
+        (
+            "resnet18",
+            lambda: TorchResNet(TorchBasic, (2, 2, 2, 2), 7, 3, 16),
+            (40, 36, 3),
+            "imagenet",
+        ),
+        (
+            "resnet18",
+            lambda: TorchResNet(TorchBasic, (2, 2, 2, 2), 7, 3, 8, stem="cifar"),
+            (12, 10, 3),
+            "cifar",
+        ),
+        (
+            "resnet50",
+            lambda: TorchResNet(TorchBottleneck, (3, 4, 6, 3), 7, 1, 8),
+            (33, 32, 1),
+            "imagenet",
+        ),
     ],
 )
-def test_resnet_logits_equal_pytorch_with_imported_weights(name, torch_model, shape):
+def test_resnet_logits_equal_pytorch_with_imported_weights(name, torch_model, shape, stem):
     torch.manual_seed(0)
     reference = randomize_batch_norm(torch_model())
     width = reference.conv1.out_channels
-    model = models.create(name, input_shape=shape, num_classes=7, width=width)
+    model = models.create(name, input_shape=shape, num_classes=7, width=width, stem=stem)
     variables = resnet.from_torch(model, reference.state_dict())
     x = np.random.default_rng(1).normal(size=(2, *shape)).astype(np.float32)
     assert_logits_close(np.asarray(jax.jit(model.apply)(variables, x)), torch_logits(reference, x))
+
+
+def test_resnet_importers_name_the_layouts_they_read():
+    state = TorchResNet(TorchBasic, (2, 2, 2, 2), 7, 3, 8, stem="cifar").state_dict()
+    with pytest.raises(ValueError, match="'imagenet' or 'cifar' stem and projection shortcuts"):
+        resnet.from_torch(models.create("resnet20"), state)  # option A shortcuts
+    with pytest.raises(ValueError, match="from_keras reads ResNets with the 'imagenet' stem"):
+        resnet.from_keras(models.create("resnet18", stem="cifar"), {})
 
 
 def test_vgg_bn_logits_equal_pytorch_with_its_conv_biases_folded():

@@ -177,8 +177,10 @@ class ResidualBlock(nn.Module):
 
 def _check_keras_layout(model: ResNet, importer: str) -> None:
     block, _ = SIZES[model.depth]
-    if model.stem != "imagenet" or model.shortcut != "projection":
-        raise ValueError(f"{importer} reads ImageNet-stem ResNets with projection shortcuts")
+    stems = ("imagenet", "cifar") if importer == "from_torch" else ("imagenet",)
+    if model.stem not in stems or model.shortcut != "projection":
+        kinds = " or ".join(f"{stem!r}" for stem in stems)
+        raise ValueError(f"{importer} reads ResNets with the {kinds} stem and projection shortcuts")
     if importer == "from_keras" and (block != "bottleneck" or not model.keras_layout):
         raise ValueError(
             "Keras' applications.ResNet50/101/152 import into ResNet(depth=50|101|152, "
@@ -218,7 +220,8 @@ def from_keras(model: ResNet, weights: dict[str, list]) -> dict:
 
 def from_torch(model: ResNet, state_dict: dict) -> dict:
     """Variables of `model` from the `state_dict` of a torchvision-layout ResNet of the same depth
-    (`conv1`, `bn1`, `layer{1..4}.{i}.conv1/bn1/...`, `downsample.0/1`, `fc`)."""
+    (`conv1`, `bn1`, `layer{1..4}.{i}.conv1/bn1/...`, `downsample.0/1`, `fc`); with
+    `stem="cifar"`, its `conv1` is the 3x3 stride-1 convolution and no max pool follows."""
     _check_keras_layout(model, "from_torch")
     if model.keras_layout:
         raise ValueError("torchvision ResNets import into ResNet(keras_layout=False)")
