@@ -55,6 +55,7 @@ from zoo.layers.importers import (
     from_torch,
     keras_weights,
 )
+from zoo.layers.recurrent import GATES
 from zoo.runtime import reuse_freed_memory
 
 Step = Callable[[], None]  # runs one step and blocks until it is done
@@ -62,7 +63,7 @@ Step = Callable[[], None]  # runs one step and blocks until it is done
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
-    kind: str  # 'cnn', 'lstm', 'gru' or a key of `cnn_families.FAMILIES`
+    kind: str  # 'cnn', 'rnn', 'lstm', 'gru' or a key of `cnn_families.FAMILIES`
     batch: int
     shape: tuple[int, ...]  # one example
     hidden: int = 0  # recurrent width (two layers)
@@ -70,6 +71,7 @@ class Benchmark:
 
 BENCHMARKS = {
     "cnn": Benchmark("cnn", 128, (28, 28, 1)),
+    "rnn": Benchmark("rnn", 64, (28, 28), 128),
     "lstm": Benchmark("lstm", 64, (28, 28), 128),
     "gru": Benchmark("gru", 64, (28, 28), 128),
     "cnn_large": Benchmark("cnn", 512, (28, 28, 1)),
@@ -79,7 +81,7 @@ BENCHMARKS = {
     "mobilenet_v2": Benchmark("mobilenet_v2", 128, (32, 32, 3)),
 }
 QUICK = ("cnn", "lstm", "gru")
-RECURRENT = ("lstm", "gru")
+RECURRENT = ("rnn", "lstm", "gru")
 
 
 def _cast(tree, dtype):
@@ -172,7 +174,7 @@ def rnn_flops(bench: Benchmark) -> dict[str, float]:
     """Matmul FLOPs of the two-layer RNN and its head, counted by hand: XLA's cost analysis does
     not multiply a scan body by its trip count. Training counts 3x inference (forward, and the
     two matmuls per forward one in the backward pass)."""
-    gates = 4 if bench.kind == "lstm" else 3
+    gates = GATES[bench.kind]
     steps, features = bench.shape
     per_step = sum(
         2 * bench.batch * (width + bench.hidden) * gates * bench.hidden
@@ -201,15 +203,19 @@ class FlaxCNN(nn.Module):
         return nn.Dense(10)(x)
 
 
+FLAX_CELLS = {"rnn": nn.SimpleCell, "lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
+
+
 class FlaxRNN(nn.Module):
-    """Two `nn.RNN` layers of `nn.OptimizedLSTMCell` or `nn.GRUCell`, then Dense(10)."""
+    """Two `nn.RNN` layers of `nn.SimpleCell`, `nn.OptimizedLSTMCell` or `nn.GRUCell`, then
+    Dense(10)."""
 
     cell: str
     hidden: int
 
     @nn.compact
     def __call__(self, x):
-        cell = nn.OptimizedLSTMCell if self.cell == "lstm" else nn.GRUCell
+        cell = FLAX_CELLS[self.cell]
         x = nn.RNN(cell(self.hidden))(x)
         x = nn.RNN(cell(self.hidden))(x)
         return nn.Dense(10)(x[:, -1])
@@ -223,7 +229,7 @@ def flax_to_zoo(bench: Benchmark, variables: dict) -> dict:
     if bench.kind == "cnn":
         return variables
     params = variables["params"]
-    cell = "OptimizedLSTMCell" if bench.kind == "lstm" else "GRUCell"  # cells named in FlaxRNN
+    cell = FLAX_CELLS[bench.kind].__name__  # as FlaxRNN's cells are named
     layers = {f"layer_{k}": from_flax_cell(params[f"{cell}_{k}"], bench.kind) for k in (0, 1)}
     return {"params": {"StackedRNN_0": layers, "Dense_0": params["Dense_0"]}}
 
@@ -261,7 +267,7 @@ def torch_steps(bench: Benchmark, x: np.ndarray, y: np.ndarray, dtype: str) -> d
         inputs = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()  # NCHW
         variables = {"params": cnn_from_torch(net.state_dict(), bench.shape)}
     else:
-        rnn_class = torch.nn.LSTM if bench.kind == "lstm" else torch.nn.GRU
+        rnn_class = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[bench.kind]
         rnn = rnn_class(x.shape[-1], bench.hidden, num_layers=2, batch_first=True)
         head = torch.nn.Linear(bench.hidden, 10)
 
@@ -324,7 +330,7 @@ def keras_steps(bench: Benchmark, x: np.ndarray, y: np.ndarray, dtype: str) -> d
             layers.Dense(64, activation="relu"),
         ]  # fmt: skip
     elif bench.kind in RECURRENT:
-        rnn = layers.LSTM if bench.kind == "lstm" else layers.GRU
+        rnn = {"rnn": layers.SimpleRNN, "lstm": layers.LSTM, "gru": layers.GRU}[bench.kind]
         body = [rnn(bench.hidden, return_sequences=True), rnn(bench.hidden)]
     if bench.kind in FAMILIES:
         with jax.numpy_rank_promotion("allow"):

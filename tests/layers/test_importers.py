@@ -1,5 +1,5 @@
-"""Parity: zoo models with imported weights equal torch.nn.LSTM/GRU, Keras LSTM/GRU, Flax's RNN
-cells and a PyTorch CNN."""
+"""Parity: zoo models with imported weights equal torch.nn.RNN/LSTM/GRU, Keras SimpleRNN/LSTM/GRU,
+Flax's RNN cells and a PyTorch CNN. "rnn_relu" is the simple RNN with relu."""
 
 import os
 
@@ -27,8 +27,14 @@ TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 
 
 def zoo_run(params, cell, num_layers, bidirectional, reset_after=True):
+    cell, activation = ("rnn", "relu") if cell == "rnn_relu" else (cell, "tanh")
     model = StackedRNN(
-        cell, (H,) * num_layers, bidirectional, return_sequences=True, reset_after=reset_after
+        cell,
+        (H,) * num_layers,
+        bidirectional,
+        return_sequences=True,
+        reset_after=reset_after,
+        activation=activation,
     )
     return model.apply({"params": params}, X, LENGTHS)
 
@@ -38,17 +44,24 @@ def hidden_and_cell(state, cell):
 
 
 CASES = [
-    (cell, layers, bi) for cell in ("lstm", "gru") for layers in (1, 2, 3) for bi in (False, True)
-]
+    (cell, layers, bi)
+    for cell in ("rnn", "lstm", "gru")
+    for layers in (1, 2, 3)
+    for bi in (False, True)
+] + [("rnn_relu", 2, True)]
 
 
 @pytest.mark.parametrize("cell, num_layers, bidirectional", CASES)
 def test_matches_pytorch_with_padded_lengths(cell, num_layers, bidirectional):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
-    rnn = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(
-        F, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=True
-    )
+    options = {"num_layers": num_layers, "bidirectional": bidirectional, "batch_first": True}
+    if cell == "rnn_relu":
+        rnn = torch.nn.RNN(F, H, nonlinearity="relu", **options)
+    else:
+        rnn = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](
+            F, H, **options
+        )
     packed = torch.nn.utils.rnn.pack_padded_sequence(
         torch.from_numpy(X), torch.from_numpy(LENGTHS), batch_first=True, enforce_sorted=False
     )
@@ -57,7 +70,8 @@ def test_matches_pytorch_with_padded_lengths(cell, num_layers, bidirectional):
     out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)
     h_n, c_n = state if cell == "lstm" else (state, None)
 
-    outputs, states = zoo_run(from_torch(rnn.state_dict(), cell), cell, num_layers, bidirectional)
+    params = from_torch(rnn.state_dict(), cell.removesuffix("_relu"))
+    outputs, states = zoo_run(params, cell, num_layers, bidirectional)
     np.testing.assert_allclose(outputs, out.numpy(), **TOLERANCE)
     directions = 2 if bidirectional else 1
     for layer, layer_state in enumerate(states):
@@ -70,6 +84,9 @@ def test_matches_pytorch_with_padded_lengths(cell, num_layers, bidirectional):
 
 
 KERAS_CASES = [
+    ("rnn", 1, False, True),
+    ("rnn", 2, True, True),
+    ("rnn_relu", 2, False, True),
     ("lstm", 1, False, True),
     ("lstm", 2, True, True),
     ("lstm", 3, False, True),
@@ -90,7 +107,12 @@ def test_matches_keras_with_mask(cell, num_layers, bidirectional, reset_after):
     h, weights, final_states = X, [], []
     for _ in range(num_layers):
         options = {"return_sequences": True, "return_state": True}
-        if cell == "lstm":
+        if cell.startswith("rnn"):
+            activation = "relu" if cell == "rnn_relu" else "tanh"
+            layer = keras.layers.SimpleRNN(
+                H, activation=activation, bias_initializer="random_normal", **options
+            )
+        elif cell == "lstm":
             layer = keras.layers.LSTM(
                 H, unit_forget_bias=False, bias_initializer="random_normal", **options
             )
@@ -106,7 +128,9 @@ def test_matches_keras_with_mask(cell, num_layers, bidirectional, reset_after):
         weights.append(layer.get_weights())
         final_states.append(states)
 
-    params = from_keras(weights, cell, bidirectional=bidirectional, reset_after=reset_after)
+    params = from_keras(
+        weights, cell.removesuffix("_relu"), bidirectional=bidirectional, reset_after=reset_after
+    )
     outputs, states = zoo_run(params, cell, num_layers, bidirectional, reset_after)
     valid = mask[..., None]
     np.testing.assert_allclose(outputs * valid, np.asarray(h) * valid, **TOLERANCE)
@@ -140,7 +164,9 @@ def test_torch_importer_errors_name_the_problem():
         "bias",
         "recurrent_bias",
     }
-    with pytest.raises(ValueError, match="unknown cell 'rnn'"):
+    with pytest.raises(ValueError, match="unknown cell 'elman'"):
+        from_torch(state, "elman")
+    with pytest.raises(ValueError, match="12 gate rows do not fit a RNN of hidden size 4"):
         from_torch(state, "rnn")
 
 
@@ -152,11 +178,16 @@ def test_keras_importer_errors_name_the_problem():
         from_keras([[kernel, recurrent, np.zeros((2, 15))]], "gru", bidirectional=True)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "optimized_lstm", "gru"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "optimized_lstm", "gru"])
 def test_flax_cell_matches_flax_rnn(cell):
     import flax.linen as nn
 
-    flax_cell = {"lstm": nn.LSTMCell, "optimized_lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
+    flax_cell = {
+        "rnn": nn.SimpleCell,
+        "lstm": nn.LSTMCell,
+        "optimized_lstm": nn.OptimizedLSTMCell,
+        "gru": nn.GRUCell,
+    }
     rnn = nn.RNN(flax_cell[cell](H))
     variables = rnn.init(jax.random.key(4), X)
     expected = rnn.apply(variables, X)

@@ -14,6 +14,7 @@ from zoo.layers.recurrent import (
     gru_cell,
     initial_carry,
     lstm_cell,
+    rnn_cell,
     scan_cell,
     scan_steps,
 )
@@ -23,6 +24,12 @@ B, T, F, H = 3, 5, 4, 2  # distinct sizes so a transposed axis cannot pass
 
 def sigmoid(v):
     return 1 / (1 + np.exp(-v))
+
+
+def numpy_rnn_step(p, h, x, activation):
+    W, U, b = (np.asarray(p[k], np.float64) for k in ("kernel", "recurrent_kernel", "bias"))
+    pre = x @ W + h @ U + b
+    return np.tanh(pre) if activation == "tanh" else np.maximum(pre, 0.0)
 
 
 def numpy_lstm_step(p, h, c, x):
@@ -56,7 +63,7 @@ def numpy_gru_step(p, h, x, reset_after, h_mask=1.0):
 
 
 def random_params(cell, key, features=F, hidden=H, reset_after=True):
-    gates = 4 if cell == "lstm" else 3
+    gates = recurrent.GATES[cell]
     keys = jax.random.split(key, 4)
     p = {
         "kernel": jax.random.normal(keys[0], (features, gates * hidden)),
@@ -69,6 +76,18 @@ def random_params(cell, key, features=F, hidden=H, reset_after=True):
 
 
 class TestCells(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_rnn_cell_matches_numpy(self):
+        p = random_params("rnn", jax.random.key(0))
+        h, x = (np.random.default_rng(i).normal(size=s) for i, s in enumerate([(B, H), (B, F)]))
+        for activation in ("tanh", "relu"):
+            cell = self.variant(lambda p, h, x, a=activation: rnn_cell(p, h, x, activation=a))
+            new_h, y = cell(p, jnp.array(h), x)
+            expected = numpy_rnn_step(p, h, x, activation)
+            np.testing.assert_allclose(new_h, expected, rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(y, new_h)
+        assert (expected == 0).any() and (expected > 0).any()  # relu's both sides were seen
+
     @chex.variants(with_jit=True, without_jit=True)
     def test_lstm_cell_matches_numpy(self):
         p = random_params("lstm", jax.random.key(0))
@@ -113,17 +132,38 @@ def lowering(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("cell, reset_after", [("lstm", True), ("gru", True), ("gru", False)])
+# (cell, Recurrent's options): every cell and variant.
+CELLS = [
+    ("rnn", {}),
+    ("rnn", {"activation": "relu"}),
+    ("lstm", {}),
+    ("gru", {}),
+    ("gru", {"reset_after": False}),
+]
+
+
+def plain_cell(cell, options):
+    """The pure step function of a layer with these options."""
+    if cell == "rnn":
+        return lambda p, c, x, **kw: rnn_cell(
+            p, c, x, activation=options.get("activation", "tanh"), **kw
+        )
+    if cell == "gru":
+        return lambda p, c, x, **kw: gru_cell(
+            p, c, x, reset_after=options.get("reset_after", True), **kw
+        )
+    return lstm_cell
+
+
+@pytest.mark.parametrize("cell, options", CELLS, ids=lambda v: str(v))
 @pytest.mark.parametrize("reverse", [False, True])
-def test_scanned_layer_matches_python_loop_of_cell(lowering, cell, reset_after, reverse):
-    layer = Recurrent(cell, H, reverse=reverse, reset_after=reset_after)
+def test_scanned_layer_matches_python_loop_of_cell(lowering, cell, options, reverse):
+    layer = Recurrent(cell, H, reverse=reverse, **options)
     x = jax.random.normal(jax.random.key(3), (B, T, F))
     variables = layer.init(jax.random.key(2), x)
     final, outputs = jax.jit(layer.apply)(variables, x)
     p = variables["params"]
-    step = (
-        lstm_cell if cell == "lstm" else lambda p, c, x: gru_cell(p, c, x, reset_after=reset_after)
-    )
+    step = plain_cell(cell, options)
     carry, expected = initial_carry(cell, B, H), [None] * T
     for t in reversed(range(T)) if reverse else range(T):
         carry, expected[t] = step(p, carry, x[:, t])
@@ -145,7 +185,7 @@ def test_lstm_forget_bias_starts_at_one():
     np.testing.assert_array_equal(bias, np.r_[np.zeros(H), np.ones(H), np.zeros(2 * H)])
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_padded_batch_matches_each_sequence_alone(cell, bidirectional):
     model = StackedRNN(cell, (H, 3), bidirectional=bidirectional, return_sequences=True)
@@ -171,7 +211,7 @@ def test_padded_batch_matches_each_sequence_alone(cell, bidirectional):
         np.testing.assert_allclose(last[i], alone_last[0], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_gradients_through_scan_match_finite_differences(lowering, cell):
     # Both directions, padding, recurrent dropout and the initial state's gradient; forward mode
     # too, except through the hand-written (reverse-only) gradient.
@@ -200,8 +240,10 @@ def test_gradients_through_scan_match_finite_differences(lowering, cell):
             check_grads(jax.jit(loss), args, order=1, modes=["fwd", "rev"], eps=1e-4)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_scan_cell_matches_autodiff_of_scan_steps_under_vmap(cell):
+@pytest.mark.parametrize(
+    "cell, options", [c for c in CELLS if c != ("gru", {"reset_after": False})]
+)
+def test_scan_cell_matches_autodiff_of_scan_steps_under_vmap(cell, options):
     # scan_cell's hand-written gradient against JAX's own through a scan of the plain cell,
     # with padding, a recurrent dropout mask and the initial carry; vmapped over two batches.
     params = random_params(cell, jax.random.key(11))
@@ -211,10 +253,10 @@ def test_scan_cell_matches_autodiff_of_scan_steps_under_vmap(cell):
     carry = jax.tree.map(
         lambda a: jax.random.normal(jax.random.key(14), (2, *a.shape)), initial_carry(cell, B, H)
     )
-    step = lstm_cell if cell == "lstm" else gru_cell
+    step = plain_cell(cell, options)
 
     def hand(params, carry, x, mask, h_mask):
-        final, ys = scan_cell(cell, params, carry, x, mask, h_mask=h_mask, reverse=True)
+        final, ys = scan_cell(cell, params, carry, x, mask, h_mask=h_mask, reverse=True, **options)
         return jnp.sum(jnp.sin(ys)) + jnp.sum(jnp.cos(_hidden(final)))
 
     def reference(params, carry, x, mask, h_mask):
@@ -237,8 +279,12 @@ def _hidden(carry):
 
 def test_scan_cell_rejects_bad_cells():
     x, carry = jnp.zeros((B, T, F)), initial_carry("gru", B, H)
-    with pytest.raises(ValueError, match="unknown cell 'rnn'"):
-        scan_cell("rnn", random_params("gru", jax.random.key(0)), carry, x)
+    with pytest.raises(ValueError, match="unknown cell 'elman'"):
+        scan_cell("elman", random_params("gru", jax.random.key(0)), carry, x)
+    with pytest.raises(ValueError, match="unknown activation 'sigmoid'; choose from: tanh, relu"):
+        scan_cell("rnn", random_params("rnn", jax.random.key(0)), carry, x, activation="sigmoid")
+    with pytest.raises(ValueError, match="activation='relu' applies to cell='rnn' only, not 'gru'"):
+        Recurrent("gru", H, activation="relu").init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="recurrent_bias"):
         scan_cell("gru", random_params("gru", jax.random.key(0), reset_after=False), carry, x)
 
@@ -257,7 +303,7 @@ def test_gru_reset_before_gradients_match_finite_differences():
 class TestShapes(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_stacked_shapes(self):
-        for cell in ("lstm", "gru"):
+        for cell in ("rnn", "lstm", "gru"):
             for bidirectional in (False, True):
                 for return_sequences in (False, True):
                     model = StackedRNN(cell, (6, 5), bidirectional, return_sequences)
@@ -305,7 +351,9 @@ def test_wrong_feature_size_is_reported():
         layer.apply(variables, jnp.ones((B, T, 7)))
 
 
-@pytest.mark.parametrize("cell, reset_after", [("lstm", True), ("gru", True), ("gru", False)])
+@pytest.mark.parametrize(
+    "cell, reset_after", [("rnn", True), ("lstm", True), ("gru", True), ("gru", False)]
+)
 def test_recurrent_dropout_uses_one_mask_per_sequence(cell, reset_after):
     """The mask is drawn once, (B, H), and the layer equals a NumPy loop using it at every step."""
     rate, hidden = 0.5, 6
@@ -323,7 +371,9 @@ def test_recurrent_dropout_uses_one_mask_per_sequence(cell, reset_after):
     p, xs, m = variables["params"], np.asarray(x, np.float64), np.asarray(mask, np.float64)
     h = c = np.zeros((B, hidden))
     for t in range(T):
-        if cell == "lstm":
+        if cell == "rnn":
+            h = numpy_rnn_step(p, h * m, xs[:, t], "tanh")
+        elif cell == "lstm":
             h, c = numpy_lstm_step(p, h * m, c, xs[:, t])
         else:
             h = numpy_gru_step(p, h, xs[:, t], reset_after, h_mask=m)

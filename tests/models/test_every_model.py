@@ -20,6 +20,8 @@ from zoo import models, runtime
 SMALL = {
     "cnn": ({}, (2, 28, 28, 1)),
     "convnet": ({"input_shape": (8, 6, 2), "features": (3, 4), "dense": (5,)}, (2, 8, 6, 2)),
+    "rnn": ({"input_shape": (4, 3), "hidden_sizes": (3, 2), "num_classes": 5}, (2, 4, 3)),
+    "birnn": ({"input_shape": (4, 3), "hidden_sizes": (3,), "num_classes": 5}, (2, 4, 3)),
     "lstm": ({"input_shape": (4, 3), "hidden_sizes": (3, 2), "num_classes": 5}, (2, 4, 3)),
     "gru": ({"input_shape": (4, 3), "hidden_sizes": (3, 2), "num_classes": 5}, (2, 4, 3)),
     "bilstm": ({"input_shape": (4, 3), "hidden_sizes": (3,), "num_classes": 5}, (2, 4, 3)),
@@ -63,6 +65,11 @@ SMALL = {
 }
 # Residual blocks and batch norm (evaluation mode) in the configurable stack as well.
 VARIANTS = {
+    "rnn-relu": (
+        "rnn",
+        {"input_shape": (4, 3), "hidden_sizes": (3,), "num_classes": 5, "activation": "relu"},
+        (2, 4, 3),
+    ),
     "convnet-residual-bn": (
         "convnet",
         {"input_shape": (6, 6, 1), "features": (3,), "residual": True, "batch_norm": True},
@@ -87,6 +94,7 @@ PIECEWISE_LINEAR = {  # relu, max pooling
     "convnet",
     "convnet-residual-bn",
     "cnn_lstm",
+    "rnn-relu",
     *models.names("tcn*"),
     *models.names("lenet5_relu"),
     *models.names("vgg*"),
@@ -139,8 +147,9 @@ def _output(model, variables):
     return apply
 
 
-# bilstm and bigru are lstm and gru run both ways, which tests/layers checks the same way.
-@pytest.mark.parametrize("case", sorted(set(CASES) - {"bilstm", "bigru"} - SAME_LAYERS))
+# birnn, bilstm and bigru are rnn, lstm and gru run both ways, which tests/layers checks the
+# same way.
+@pytest.mark.parametrize("case", sorted(set(CASES) - {"birnn", "bilstm", "bigru"} - SAME_LAYERS))
 def test_forward_and_reverse_derivatives_match_finite_differences(case):
     # First order: second derivatives are checked against the hand-written reverse mode below
     # (and against finite differences in tests/layers). A smaller step keeps the differences

@@ -45,6 +45,13 @@ CONFIGS = [
         (8, 10, 2),
         jnp.float32,
     ),
+    ("rnn", {"input_shape": (7, 3), "hidden_sizes": (5, 4)}, (7, 3), jnp.float32),
+    (
+        "birnn",
+        {"input_shape": (None, 2), "hidden_sizes": (3,), "activation": "relu"},
+        (6, 2),
+        jnp.float32,
+    ),
     ("lstm", {"input_shape": (7, 3), "hidden_sizes": (5, 4)}, (7, 3), jnp.float32),
     (
         "gru",
@@ -202,7 +209,7 @@ def test_params_are_plain_pytrees_for_grad(name, options, shape, dtype):
     assert not unused, f"no gradient reaches {unused}"  # every parameter matters
 
 
-@pytest.mark.parametrize("index", [0, 5, 8, 12], ids=lambda i: IDS[i])
+@pytest.mark.parametrize("index", [0, 5, 8, 10, 14], ids=lambda i: IDS[i])
 def test_vmap_per_example_gradients_and_ensembles(key, index):
     name, options, shape, dtype = CONFIGS[index]
     model = models.create(name, **options)
@@ -221,7 +228,9 @@ def test_vmap_per_example_gradients_and_ensembles(key, index):
     assert kernel.shape[0] == 3 and not np.allclose(kernel[0], kernel[1])
 
 
-@pytest.mark.parametrize("name", ["lstm", "bilstm", "charlm", "cnn_lstm", "forecast", "convnet"])
+@pytest.mark.parametrize(
+    "name", ["rnn", "birnn", "lstm", "bilstm", "charlm", "cnn_lstm", "forecast", "convnet"]
+)
 def test_reset_after_is_refused_where_there_is_no_gru(name):
     assert "reset_after" not in models.options(name)
     with pytest.raises(
@@ -231,12 +240,25 @@ def test_reset_after_is_refused_where_there_is_no_gru(name):
 
 
 def test_an_option_for_another_cell_is_refused_when_the_cell_is_an_option(monkeypatch):
-    monkeypatch.setitem(models._MODELS, "rnn", (models.RNNClassifier, {}))
+    monkeypatch.setitem(models._MODELS, "any_cell", (models.RNNClassifier, {}))
     with pytest.raises(
-        ValueError, match="model 'rnn' option reset_after applies only with cell='gru'"
+        ValueError, match="model 'any_cell' option reset_after applies only with cell='gru'"
     ):
-        models.create("rnn", input_shape=(4, 2), reset_after=False)
-    assert not models.create("rnn", input_shape=(4, 2), cell="gru", reset_after=False).reset_after
+        models.create("any_cell", input_shape=(4, 2), reset_after=False)
+    with pytest.raises(
+        ValueError, match="model 'any_cell' option activation applies only with cell='rnn'"
+    ):
+        models.create("any_cell", input_shape=(4, 2), activation="relu")
+    model = models.create("any_cell", input_shape=(4, 2), cell="gru", reset_after=False)
+    assert not model.reset_after
+    assert models.create("any_cell", input_shape=(4, 2), cell="rnn", activation="relu").activation
+
+
+def test_the_simple_rnn_takes_relu_and_refuses_other_activations():
+    assert models.options("rnn")["activation"].default == "tanh"
+    assert "activation" not in models.options("lstm")
+    with pytest.raises(ValueError, match="unknown activation 'gelu'; choose from: tanh, relu"):
+        models.create("rnn", activation="gelu")
 
 
 @pytest.mark.parametrize("name, options, shape, dtype", CONFIGS, ids=IDS)

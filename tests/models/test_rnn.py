@@ -133,8 +133,8 @@ def test_bad_lengths_and_options(key):
         model.apply(variables, x, jnp.array([5, 1]))
     with pytest.raises(ValueError, match=r"lengths must have the batch shape \(2,\)"):
         model.apply(variables, x, jnp.array([1, 2, 3]))
-    with pytest.raises(ValueError, match="unknown cell 'rnn'"):
-        models.create("charlm", num_classes=3, cell="rnn")
+    with pytest.raises(ValueError, match="unknown cell 'elman'; choose from: rnn, lstm, gru"):
+        models.create("charlm", num_classes=3, cell="elman")
     with pytest.raises(ValueError, match="hidden_sizes must be positive"):
         models.create("gru", input_shape=(4, 2), hidden_sizes=())
     with pytest.raises(ValueError, match="has no option cell"):

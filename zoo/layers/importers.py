@@ -1,6 +1,7 @@
 """Import PyTorch, Keras and Flax weights as zoo params.
 
-Recurrent: `from_torch` (`nn.LSTM`/`nn.GRU`) and `from_keras` (`LSTM`/`GRU`) give the `params` of
+Recurrent: `from_torch` (`nn.RNN`/`nn.LSTM`/`nn.GRU`) and `from_keras` (`SimpleRNN`/`LSTM`/`GRU`)
+give the `params` of
 a `StackedRNN` with the same cell, layer count and direction(s): `{"layer_0": {...}, ...}` or
 `{"layer_0_forward": ..., "layer_0_backward": ...}`; `from_flax_cell` converts one Flax
 `nn.OptimizedLSTMCell` / `nn.LSTMCell` / `nn.GRUCell` to one such layer.
@@ -37,10 +38,12 @@ def _layer_names(num_layers: int, bidirectional: bool) -> list[tuple[str, str]]:
 
 
 def from_torch(state_dict: Mapping[str, Any], cell: str) -> dict[str, dict[str, np.ndarray]]:
-    """Converts a PyTorch `nn.LSTM` / `nn.GRU` `state_dict()` (batch_first or not: same weights).
+    """Converts a PyTorch `nn.RNN` / `nn.LSTM` / `nn.GRU` `state_dict()` (batch_first or not:
+    same weights; an `nn.RNN`'s `nonlinearity` is the model's `activation`).
 
-    PyTorch keeps `W_ih (G*H, F)`, `W_hh (G*H, H)` and two biases in zoo's gate order; LSTM biases
-    are summed, GRU's hidden bias becomes `recurrent_bias` (PyTorch's GRU is `reset_after=True`).
+    PyTorch keeps `W_ih (G*H, F)`, `W_hh (G*H, H)` and two biases in zoo's gate order; RNN and
+    LSTM biases are summed, GRU's hidden bias becomes `recurrent_bias` (PyTorch's GRU is
+    `reset_after=True`).
     """
     check_cell(cell)
     if any("weight_hr" in key for key in state_dict):
@@ -54,7 +57,7 @@ def from_torch(state_dict: Mapping[str, Any], cell: str) -> dict[str, dict[str, 
         _check_gates(w_ih.shape[0], cell, w_hh.shape[1], "weight_ih" + suffix)
         layer = {"kernel": w_ih.T, "recurrent_kernel": w_hh.T}
         b_ih, b_hh = get("bias_ih"), get("bias_hh")
-        if cell == "lstm":
+        if cell != "gru":
             layer["bias"] = b_ih + b_hh
         else:
             layer["bias"], layer["recurrent_bias"] = b_ih, b_hh
@@ -69,11 +72,12 @@ def from_keras(
     bidirectional: bool = False,
     reset_after: bool = True,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Converts Keras `LSTM`/`GRU` weights: one `layer.get_weights()` list per stacked layer.
+    """Converts Keras `SimpleRNN`/`LSTM`/`GRU` weights: one `layer.get_weights()` list per stacked
+    layer.
 
-    For a `Bidirectional` layer, its `get_weights()` (forward weights, then backward). Keras' LSTM
-    layout is zoo's; Keras' GRU gates `z, r, h` are reordered to `r, z, n`, and with `reset_after`
-    its `(2, 3H)` bias splits into `bias` and `recurrent_bias`.
+    For a `Bidirectional` layer, its `get_weights()` (forward weights, then backward). Keras'
+    SimpleRNN and LSTM layouts are zoo's; Keras' GRU gates `z, r, h` are reordered to `r, z, n`,
+    and with `reset_after` its `(2, 3H)` bias splits into `bias` and `recurrent_bias`.
     """
     check_cell(cell)
     per_direction = 3
@@ -99,7 +103,7 @@ def from_keras(
 def _keras_direction(
     kernel, recurrent, bias, cell: str, reset_after: bool
 ) -> dict[str, np.ndarray]:
-    if cell == "lstm":
+    if cell != "gru":
         return {"kernel": kernel, "recurrent_kernel": recurrent, "bias": bias}
     expected_bias = (2, kernel.shape[1]) if reset_after else (kernel.shape[1],)
     if bias.shape != expected_bias:
@@ -136,12 +140,14 @@ def _check_gates(width: int, cell: str, hidden: int, what: str) -> None:
 
 
 def from_flax_cell(params: Mapping[str, Any], cell: str) -> dict[str, np.ndarray]:
-    """Converts the params of one Flax `nn.OptimizedLSTMCell` or `nn.LSTMCell` (`cell='lstm'`:
-    dense layers `ii, if, ig, io` on the input, `hi, hf, hg, ho` with biases on the carry) or
-    `nn.GRUCell` (`cell='gru'`: `ir, iz, in` with biases, `hr, hz`, and `hn` with a bias) to one
-    zoo layer. Flax's GRU applies the reset gate after `h U_n + b_n`: zoo's `reset_after=True`."""
+    """Converts the params of one Flax `nn.SimpleCell` (`cell='rnn'`: dense layers `i` with a
+    bias on the input, `h` on the carry; not `residual=True`), `nn.OptimizedLSTMCell` or
+    `nn.LSTMCell` (`cell='lstm'`: `ii, if, ig, io` on the input, `hi, hf, hg, ho` with biases on
+    the carry) or `nn.GRUCell` (`cell='gru'`: `ir, iz, in` with biases, `hr, hz`, and `hn` with a
+    bias) to one zoo layer. Flax's GRU applies the reset gate after `h U_n + b_n`: zoo's
+    `reset_after=True`."""
     check_cell(cell)
-    gates = ("i", "f", "g", "o") if cell == "lstm" else ("r", "z", "n")
+    gates = {"rnn": ("",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}[cell]
     missing = [f"{side}{g}" for side in "ih" for g in gates if f"{side}{g}" not in params]
     if missing:
         raise ValueError(
@@ -159,7 +165,7 @@ def from_flax_cell(params: Mapping[str, Any], cell: str) -> dict[str, np.ndarray
         return np.concatenate([dense(side + g, part) for g in gates], axis=-1)
 
     layer = {"kernel": stack("i", "kernel"), "recurrent_kernel": stack("h", "kernel")}
-    if cell == "lstm":  # Flax's input dense layers have no bias
+    if cell != "gru":  # one of the two dense layers has a bias
         layer["bias"] = stack("i", "bias") + stack("h", "bias")
     else:
         layer["bias"], layer["recurrent_bias"] = stack("i", "bias"), stack("h", "bias")

@@ -1,8 +1,10 @@
-"""LSTM and GRU cells as pure step functions, and layers that scan them over time.
+"""Simple RNN, LSTM and GRU cells as pure step functions, and layers that scan them over time.
 
 Weight layout (shared by the pure cells, the Flax layers and the importers), for input size F and
 hidden size H:
 
+    RNN:  kernel (F, H), recurrent_kernel (H, H), bias (H,); PyTorch's two biases import as
+          their sum.
     LSTM: kernel (F, 4H), recurrent_kernel (H, 4H), bias (4H,);
           gate order i, f, g, o (PyTorch's and Keras' order). The forget-gate bias starts at 1
           (Keras' `unit_forget_bias`); PyTorch's two biases import as their sum.
@@ -12,6 +14,8 @@ hidden size H:
 
 Equations, with x_t the input and h, c the carry:
 
+    RNN   h' = tanh(x W + h U + b)  (Elman 1990; `activation="relu"` for relu, as PyTorch's
+          `nonlinearity` and Keras' `SimpleRNN(activation=...)`)
     LSTM  i = σ(x W_i + h U_i + b_i)      f = σ(x W_f + h U_f + b_f)
           g = tanh(x W_g + h U_g + b_g)   o = σ(x W_o + h U_o + b_o)
           c' = f ⊙ c + i ⊙ g              h' = o ⊙ tanh(c')
@@ -49,7 +53,7 @@ from zoo import runtime
 from zoo.layers.matmul import matmul_tn
 
 CellParams = dict[str, jax.Array]
-Carry = Any  # LSTMState for LSTM, an (B, H) array for GRU
+Carry = Any  # LSTMState for LSTM, an (B, H) array for GRU and the simple RNN
 
 
 class LSTMState(NamedTuple):
@@ -59,19 +63,59 @@ class LSTMState(NamedTuple):
     c: jax.Array
 
 
-GATES = {"lstm": 4, "gru": 3}
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}  # of the simple RNN
 
 
-def check_cell(cell: str) -> None:
-    """Rejects a cell name other than 'lstm' and 'gru', naming the choices."""
+def check_cell(cell: str, activation: str = "tanh") -> None:
+    """Rejects a cell name other than 'rnn', 'lstm' and 'gru', and an activation other than
+    tanh for a cell that has none to choose, naming the choices."""
     if cell not in GATES:
         raise ValueError(f"unknown cell {cell!r}; choose from: {', '.join(GATES)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {activation!r}; choose from: {', '.join(ACTIVATIONS)}"
+        )
+    if cell != "rnn" and activation != "tanh":
+        raise ValueError(f"activation={activation!r} applies to cell='rnn' only, not {cell!r}")
 
 
 def project(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     """`x @ kernel + bias` with the bias broadcast explicitly (safe under strict rank promotion)."""
     y = x @ kernel
     return y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
+
+
+def rnn_step(
+    params: CellParams,
+    carry: jax.Array,
+    projected: jax.Array,
+    *,
+    activation: str = "tanh",
+    h_mask: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """The recurrent half of a simple RNN step; `projected` is `x W + b`, `(B, H)`; `h_mask`
+    `(B, H)` is the recurrent dropout mask."""
+    h_in = carry if h_mask is None else carry * h_mask
+    return _RNN_UPDATES[activation](carry, _sum_gates(projected, h_in @ params["recurrent_kernel"]))
+
+
+def _sum_gates(projected: jax.Array, recurrent: jax.Array) -> jax.Array:
+    """An LSTM's or simple RNN's pre-activations from `x W + b` and `h U`: their sum."""
+    return projected + recurrent
+
+
+def _rnn_tanh_update(carry: jax.Array, gates: jax.Array) -> tuple[jax.Array, jax.Array]:
+    h = jnp.tanh(gates)
+    return h, h
+
+
+def _rnn_relu_update(carry: jax.Array, gates: jax.Array) -> tuple[jax.Array, jax.Array]:
+    h = jax.nn.relu(gates)
+    return h, h
+
+
+_RNN_UPDATES = {"tanh": _rnn_tanh_update, "relu": _rnn_relu_update}
 
 
 def lstm_step(
@@ -84,12 +128,7 @@ def lstm_step(
     """The recurrent half of an LSTM step; `projected` is `x W + b`, `(B, 4H)`; `h_mask` `(B, H)`
     is the recurrent dropout mask."""
     h_in = carry.h if h_mask is None else carry.h * h_mask
-    return _lstm_update(carry, _lstm_gates(projected, h_in @ params["recurrent_kernel"]))
-
-
-def _lstm_gates(projected: jax.Array, recurrent: jax.Array) -> jax.Array:
-    """The LSTM's pre-activations `(B, 4H)` from `x W + b` and `h U`."""
-    return projected + recurrent
+    return _lstm_update(carry, _sum_gates(projected, h_in @ params["recurrent_kernel"]))
 
 
 def _lstm_update(carry: LSTMState, gates: jax.Array) -> tuple[LSTMState, jax.Array]:
@@ -144,6 +183,19 @@ def _gru_update(carry: jax.Array, gates: jax.Array) -> tuple[jax.Array, jax.Arra
     r, z = jax.nn.sigmoid(r), jax.nn.sigmoid(z)
     h = (1.0 - z) * jnp.tanh(x_n + r * h_n) + z * carry
     return h, h
+
+
+def rnn_cell(
+    params: CellParams,
+    carry: jax.Array,
+    x: jax.Array,
+    *,
+    activation: str = "tanh",
+    h_mask: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """One simple RNN step with scan's signature: `(h (B, H), x (B, F)) -> (h, h)`."""
+    projected = project(x, params["kernel"], params["bias"])
+    return rnn_step(params, carry, projected, activation=activation, h_mask=h_mask)
 
 
 def lstm_cell(
@@ -253,7 +305,12 @@ class _Cell(NamedTuple):
     update: Callable[[Carry, jax.Array], tuple[Carry, jax.Array]]
 
 
-_CELLS = {"lstm": _Cell(_lstm_gates, _lstm_update), "gru": _Cell(_gru_gates, _gru_update)}
+_CELLS = {
+    ("rnn", "tanh"): _Cell(_sum_gates, _rnn_tanh_update),
+    ("rnn", "relu"): _Cell(_sum_gates, _rnn_relu_update),
+    ("lstm", "tanh"): _Cell(_sum_gates, _lstm_update),
+    ("gru", "tanh"): _Cell(_gru_gates, _gru_update),
+}
 
 
 def scan_cell(
@@ -266,15 +323,17 @@ def scan_cell(
     h_mask: jax.Array | None = None,
     reverse: bool = False,
     unroll: int = 1,
+    activation: str = "tanh",
 ) -> tuple[Carry, jax.Array]:
-    """`scan_steps(lstm_cell or gru_cell, ...)` over raw inputs `x` `(B, T, F)`, with a
-    hand-written gradient (see `_scan_cell_bwd`); 'gru' is the `reset_after` GRU. `h_mask`
+    """`scan_steps(rnn_cell, lstm_cell or gru_cell, ...)` over raw inputs `x` `(B, T, F)`, with
+    a hand-written gradient (see `_scan_cell_bwd`); 'gru' is the `reset_after` GRU. `h_mask`
     `(B, H)` is the recurrent dropout mask."""
-    check_cell(cell)
+    check_cell(cell, activation)
     if cell == "gru" and "recurrent_bias" not in params:
         raise ValueError("scan_cell's 'gru' is the reset_after GRU: params need 'recurrent_bias'")
     xs, valid = jnp.swapaxes(x, 0, 1), _time_major_mask(mask)
-    carry, ys = _scan_cell(_CELLS[cell], params, carry, xs, valid, h_mask, reverse, unroll)
+    step = _CELLS[cell, activation]
+    carry, ys = _scan_cell(step, params, carry, xs, valid, h_mask, reverse, unroll)
     return carry, jnp.swapaxes(ys, 0, 1)
 
 
@@ -368,13 +427,13 @@ def _lstm_bias_init(key, shape, dtype=jnp.float32):
 
 
 class Recurrent(nn.Module):
-    """One LSTM or GRU layer over `(B, T, F)` inputs.
+    """One simple RNN, LSTM or GRU layer over `(B, T, F)` inputs.
 
     Returns `(final_carry, outputs (B, T, H))`; `lengths` `(B,)` or `mask` `(B, T)` mark valid
     steps.
     Parameters are named as in the module docstring, so `variables["params"]` of this layer is
-    exactly what `lstm_cell` / `gru_cell` take. With `recurrent_dropout` and `train=True`, the
-    per-sequence mask comes from the 'dropout' rng and is sown as
+    exactly what `rnn_cell` / `lstm_cell` / `gru_cell` take. With `recurrent_dropout` and
+    `train=True`, the per-sequence mask comes from the 'dropout' rng and is sown as
     `intermediates/recurrent_mask`.
     """
 
@@ -384,6 +443,7 @@ class Recurrent(nn.Module):
     reset_after: bool = True
     unroll: int = 1
     recurrent_dropout: float = 0.0
+    activation: str = "tanh"  # the simple RNN's: 'tanh' or 'relu'
     dtype: Any = None  # of the computation and the carry; None: promoted from inputs and params
     param_dtype: Any = jnp.float32
 
@@ -397,7 +457,7 @@ class Recurrent(nn.Module):
         initial_state: Carry | None = None,
         train: bool = False,
     ) -> tuple[Carry, jax.Array]:
-        check_cell(self.cell)
+        check_cell(self.cell, self.activation)
         if not 0.0 <= self.recurrent_dropout < 1.0:
             raise ValueError(f"recurrent_dropout must be in [0, 1), got {self.recurrent_dropout}")
         if x.ndim != 3:
@@ -438,7 +498,9 @@ class Recurrent(nn.Module):
             )  # (B, H): one mask per sequence, the same at every step
             self.sow("intermediates", "recurrent_mask", h_mask)
         if hoist_input_projection():
-            if self.cell == "lstm":
+            if self.cell == "rnn":
+                step = functools.partial(rnn_step, activation=self.activation, h_mask=h_mask)
+            elif self.cell == "lstm":
                 step = functools.partial(lstm_step, h_mask=h_mask)
             else:
                 step = functools.partial(gru_step, reset_after=self.reset_after, h_mask=h_mask)
@@ -449,7 +511,9 @@ class Recurrent(nn.Module):
         if not runtime.using_hand_written_gradients() or (
             self.cell == "gru" and not self.reset_after
         ):
-            if self.cell == "lstm":
+            if self.cell == "rnn":
+                step = functools.partial(rnn_cell, activation=self.activation, h_mask=h_mask)
+            elif self.cell == "lstm":
                 step = functools.partial(lstm_cell, h_mask=h_mask)
             else:
                 step = functools.partial(gru_cell, reset_after=self.reset_after, h_mask=h_mask)
@@ -465,11 +529,12 @@ class Recurrent(nn.Module):
             h_mask=h_mask,
             reverse=self.reverse,
             unroll=self.unroll,
+            activation=self.activation,
         )
 
 
 class StackedRNN(nn.Module):
-    """Stacked (optionally bidirectional) LSTM/GRU layers over `(B, T, F)`.
+    """Stacked (optionally bidirectional) simple RNN, LSTM or GRU layers over `(B, T, F)`.
 
     Returns `(outputs, final_states)`: `outputs` is `(B, T, D)` with `return_sequences`, else the
     last valid step's hidden state `(B, D)` (for a bidirectional layer, the forward state at the
@@ -486,6 +551,7 @@ class StackedRNN(nn.Module):
     dropout: float = 0.0
     recurrent_dropout: float = 0.0
     unroll: int = 1
+    activation: str = "tanh"  # the simple RNN's
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -512,6 +578,7 @@ class StackedRNN(nn.Module):
                 "reset_after": self.reset_after,
                 "unroll": self.unroll,
                 "recurrent_dropout": self.recurrent_dropout,
+                "activation": self.activation,
                 "dtype": self.dtype,
                 "param_dtype": self.param_dtype,
             }

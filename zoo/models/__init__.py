@@ -35,6 +35,8 @@ from zoo.models.vgg import VGG
 _MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "cnn": (SeedCNN, {}),
     "convnet": (ConvNet, {}),
+    "rnn": (RNNClassifier, {"cell": "rnn"}),
+    "birnn": (RNNClassifier, {"cell": "rnn", "bidirectional": True}),
     "lstm": (RNNClassifier, {"cell": "lstm"}),
     "gru": (RNNClassifier, {"cell": "gru"}),
     "bilstm": (RNNClassifier, {"cell": "lstm", "bidirectional": True}),
@@ -63,7 +65,9 @@ _MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
 # or the form a paper gives it (the CIFAR ResNet's stem, width and parameter-free shortcuts).
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "convnet": {"input_shape": (28, 28, 1)},  # digits
-    "lstm": {"input_shape": (28, 28)},  # digits-seq: rows as steps
+    "rnn": {"input_shape": (28, 28)},  # digits-seq: rows as steps
+    "birnn": {"input_shape": (28, 28)},
+    "lstm": {"input_shape": (28, 28)},
     "gru": {"input_shape": (28, 28)},
     "bilstm": {"input_shape": (28, 28)},
     "bigru": {"input_shape": (28, 28)},
@@ -81,8 +85,12 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 # Options that matter for one value of another option only (fixed by the row, or given, or the
-# default): `reset_after` picks between two GRUs and does nothing to an LSTM.
-_ONLY_WITH: dict[str, tuple[str, Any]] = {"reset_after": ("cell", "gru")}
+# default): `reset_after` picks between two GRUs and does nothing to an LSTM, `activation` is the
+# simple RNN's where a model has a cell.
+_ONLY_WITH: dict[str, tuple[str, Any]] = {
+    "reset_after": ("cell", "gru"),
+    "activation": ("cell", "rnn"),
+}
 
 # What each model's output is for: logits over classes, logits at every step, real values, or a
 # reconstruction of its input.

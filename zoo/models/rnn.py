@@ -60,16 +60,18 @@ def _flat_lengths(lengths: jax.Array | None, batch: tuple[int, ...]) -> jax.Arra
 
 
 class RNNClassifier(nn.Module):
-    """Stacked LSTM/GRU over `(B, T, F)`, then a dense layer on the last valid hidden state.
+    """Stacked simple RNN/LSTM/GRU over `(B, T, F)`, then a dense layer on the last valid hidden
+    state.
 
     The defaults are the source documents' model: LSTM(128, return_sequences) - LSTM(128) -
-    Dense(classes). Registered as `lstm`, `gru`, `bilstm` and `bigru`.
+    Dense(classes). Registered as `rnn`, `lstm`, `gru`, `birnn`, `bilstm` and `bigru`.
 
     Attributes:
       input_shape: `(steps, features)`; steps may be None for any length.
       num_classes: number of logits.
-      cell: 'lstm' or 'gru'.
+      cell: 'rnn' (Elman's simple RNN), 'lstm' or 'gru'.
       hidden_sizes: one hidden size per stacked layer.
+      activation: the simple RNN's, 'tanh' or 'relu'.
       bidirectional: run each layer both ways and concatenate.
       dropout: between stacked layers and before the classifier, in training only.
       recurrent_dropout: on the hidden state entering each recurrent matmul, one mask per
@@ -85,6 +87,7 @@ class RNNClassifier(nn.Module):
     num_classes: int = 10
     cell: str = "lstm"
     hidden_sizes: Sequence[int] = (128, 128)
+    activation: str = "tanh"
     bidirectional: bool = False
     dropout: float = 0.0
     recurrent_dropout: float = 0.0
@@ -95,6 +98,7 @@ class RNNClassifier(nn.Module):
 
     def __post_init__(self):
         _check_options(self.cell, self.dropout, self.hidden_sizes, self.recurrent_dropout)
+        check_cell(self.cell, self.activation)
         super().__post_init__()
 
     @nn.compact
@@ -112,6 +116,7 @@ class RNNClassifier(nn.Module):
             dropout=self.dropout,
             recurrent_dropout=self.recurrent_dropout,
             unroll=self.unroll,
+            activation=self.activation,
             **dtypes(self),
         )
         h, _ = rnn(h, _flat_lengths(lengths, batch), train=train)  # (B, H or 2H)

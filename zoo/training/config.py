@@ -33,6 +33,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "patience": 15,
     },
     "convnet": {"dataset": "digits"},
+    "rnn": {"dataset": "digits-seq", "epochs": 25},
+    "birnn": {"dataset": "digits-seq", "epochs": 25},
     "lstm": {"dataset": "digits-seq", "epochs": 25},
     "gru": {"dataset": "digits-seq", "epochs": 25},
     "bilstm": {"dataset": "digits-seq", "epochs": 25},
