@@ -25,6 +25,8 @@ WEIGHTS = os.path.dirname(os.path.abspath(__file__))
 # The models that train on a bundled dataset, and the test metric each card leads with.
 METRICS = {
     "cnn": "test_accuracy",
+    "rnn": "test_accuracy",
+    "birnn": "test_accuracy",
     "lstm": "test_accuracy",
     "gru": "test_accuracy",
     "bilstm": "test_accuracy",
