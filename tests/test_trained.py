@@ -141,6 +141,21 @@ def test_train_py_predict_names_the_class_of_png_files(cnn_run, capsys, tmp_path
     assert capsys.readouterr().out.startswith(f"{files[0]}: ")
 
 
+def test_a_color_image_for_a_grayscale_model_is_refused(cnn_run, capsys, tmp_path):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    out, _ = cnn_run
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "rgb.png")
+    assert _main("predict", "--run", str(out), str(tmp_path / "rgb.png")) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "rgb.png is a color (RGB) image (mode RGB)" in lines[0], lines
+    assert "was trained on grayscale images: convert it first" in lines[0]
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read image .*broken.png"):
+        zoo.trained.read_inputs(zoo.load(out), [str(tmp_path / "broken.png")])
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

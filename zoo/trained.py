@@ -169,8 +169,9 @@ def read_inputs(
     trained: Trained, paths: list[str], *, column: str | None = None
 ) -> tuple[np.ndarray, list[str]]:
     """A batch for `trained.predict` from files, and a name for each of its rows: images
-    (converted and resized to the model's input), `.npy` arrays (one example, or a batch), or
-    for a forecaster CSV files whose last `window` values of `column` are the input."""
+    (resized to the model's input; a color image for a grayscale model, or the other way round,
+    is refused), `.npy` arrays (one example, or a batch), or for a forecaster CSV files whose
+    last `window` values of `column` are the input."""
     from zoo.data import images, series
 
     shape = trained.input_shape
@@ -179,6 +180,15 @@ def read_inputs(
         if path.lower().endswith(images.IMAGE_SUFFIXES):
             if len(shape) != 3:
                 raise ValueError(f"{path} is an image; {trained.config.model} takes {shape}")
+            channels, mode = images.image_channels(path)
+            if channels != shape[2]:
+                kinds = {1: "grayscale", 3: "color (RGB)"}
+                raise ValueError(
+                    f"{path} is a {kinds[channels]} image (mode {mode}); "
+                    f"{trained.config.model} was trained on {kinds.get(shape[2], shape[2])} "
+                    f"images: convert it first (Pillow: Image.open(f).convert("
+                    f"{'L' if shape[2] == 1 else 'RGB'!r}))"
+                )
             examples.append(images.read_image(path, shape)[None])
         elif path.endswith(".npy"):
             array = np.load(path, allow_pickle=False)

@@ -252,6 +252,17 @@ def read_image(filename: str | os.PathLike, shape: tuple[int, int, int]) -> np.n
     return _decode(os.fspath(filename), channels, (height, width)).astype(np.float32) / 255
 
 
+def image_channels(filename: str | os.PathLike) -> tuple[int, str]:
+    """`(channels, mode)` of one image file: 1 for grayscale modes, 3 for color ones (as an image
+    folder's channel count is picked); an unreadable file is a `DataError` naming it."""
+    _require_pillow()
+    probe = _probe(os.fspath(filename))
+    if isinstance(probe, str):
+        raise DataError(f"cannot read image {filename}: {probe}")
+    mode = probe[0]
+    return (1 if mode in _GRAY_MODES or mode.startswith("I") else 3), mode
+
+
 def _require_pillow() -> None:
     try:
         import PIL  # noqa: F401
