@@ -105,17 +105,13 @@ def _sum_gates(projected: jax.Array, recurrent: jax.Array) -> jax.Array:
     return projected + recurrent
 
 
-def _rnn_tanh_update(carry: jax.Array, gates: jax.Array) -> tuple[jax.Array, jax.Array]:
-    h = jnp.tanh(gates)
+def _rnn_update(activation, carry: jax.Array, gates: jax.Array) -> tuple[jax.Array, jax.Array]:
+    h = activation(gates)
     return h, h
 
 
-def _rnn_relu_update(carry: jax.Array, gates: jax.Array) -> tuple[jax.Array, jax.Array]:
-    h = jax.nn.relu(gates)
-    return h, h
-
-
-_RNN_UPDATES = {"tanh": _rnn_tanh_update, "relu": _rnn_relu_update}
+# One update per activation, made once: the hand-written gradient keys its cell on them.
+_RNN_UPDATES = {name: functools.partial(_rnn_update, f) for name, f in ACTIVATIONS.items()}
 
 
 def lstm_step(
@@ -306,8 +302,7 @@ class _Cell(NamedTuple):
 
 
 _CELLS = {
-    ("rnn", "tanh"): _Cell(_sum_gates, _rnn_tanh_update),
-    ("rnn", "relu"): _Cell(_sum_gates, _rnn_relu_update),
+    **{("rnn", name): _Cell(_sum_gates, update) for name, update in _RNN_UPDATES.items()},
     ("lstm", "tanh"): _Cell(_sum_gates, _lstm_update),
     ("gru", "tanh"): _Cell(_gru_gates, _gru_update),
 }
