@@ -7,6 +7,7 @@ are such runs. Bad flags or values exit with status 2 and one line naming the fl
 
 import argparse
 import ast
+import dataclasses
 import json
 import os
 import re
@@ -27,14 +28,13 @@ from zoo.training.config import (
     DTYPES,
     MONITORS,
     OPTIMIZERS,
+    PRESETS,
     REGULARIZE,
     SCHEDULES,
 )
 from zoo.training.loop import NonFiniteError, Preempted, load_dataset
 from zoo.training.parallel import PARALLEL, initialize_distributed
 from zoo.training.search import METHODS, format_table, load_space, parse_space_args, run_search
-
-PRESET = " (default: the model's preset)"
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -51,7 +51,7 @@ def _size(text: str) -> tuple[int, int]:
 
 # (config field, flag, argparse options); every flag defaults to None, meaning "the preset".
 _CONFIG_FLAGS = [
-    ("dataset", "--dataset", {"choices": data.DATASETS, "help": "dataset" + PRESET}),
+    ("dataset", "--dataset", {"choices": data.DATASETS, "help": "dataset"}),
     (
         "data_path",
         "--data-path",
@@ -83,11 +83,11 @@ _CONFIG_FLAGS = [
         "--missing",
         {"choices": MISSING, "help": "csv: what empty or NaN cells do (default error)"},
     ),
-    ("epochs", "--epochs", {"type": int, "help": "passes over the training split" + PRESET}),
-    ("batch_size", "--batch-size", {"type": int, "help": "examples per step" + PRESET}),
-    ("optimizer", "--optimizer", {"help": ", ".join(OPTIMIZERS) + PRESET}),
-    ("learning_rate", "--lr", {"type": float, "help": "(peak) learning rate" + PRESET}),
-    ("momentum", "--momentum", {"type": float, "help": "for sgd and rmsprop (default 0.9)"}),
+    ("epochs", "--epochs", {"type": int, "help": "passes over the training split"}),
+    ("batch_size", "--batch-size", {"type": int, "help": "examples per step"}),
+    ("optimizer", "--optimizer", {"help": ", ".join(OPTIMIZERS)}),
+    ("learning_rate", "--lr", {"type": float, "help": "(peak) learning rate"}),
+    ("momentum", "--momentum", {"type": float, "help": "for sgd and rmsprop"}),
     (
         "nesterov",
         "--nesterov",
@@ -97,12 +97,12 @@ _CONFIG_FLAGS = [
             "help": "Nesterov momentum (NAdam for adam/adamw)",
         },
     ),
-    ("schedule", "--schedule", {"help": ", ".join(SCHEDULES) + " (default constant)"}),
+    ("schedule", "--schedule", {"help": ", ".join(SCHEDULES)}),
     ("warmup_steps", "--warmup-steps", {"type": int, "help": "linear warmup of warmup_cosine"}),
     (
         "decay_rate",
         "--decay-rate",
-        {"type": float, "help": "exponential: lr factor per epoch (default 0.9)"},
+        {"type": float, "help": "exponential: lr factor per epoch"},
     ),
     ("clip_norm", "--clip-norm", {"type": float, "help": "clip gradients to this global norm"}),
     ("l1", "--l1", {"type": float, "help": "L1 penalty l1*sum|w| in the loss"}),
@@ -115,10 +115,7 @@ _CONFIG_FLAGS = [
     (
         "regularize",
         "--regularize",
-        {
-            "help": " or ".join(REGULARIZE)
-            + ": weights that l1/l2/weight decay touch (default kernels)"
-        },
+        {"help": " or ".join(REGULARIZE) + ": weights that l1/l2/weight decay touch"},
     ),
     (
         "augment",
@@ -139,7 +136,7 @@ _CONFIG_FLAGS = [
     (
         "max_bad_steps",
         "--max-bad-steps",
-        {"type": int, "help": "stop after this many non-finite steps in a row (default 5)"},
+        {"type": int, "help": "stop after this many non-finite steps in a row"},
     ),
     (
         "checkpoint_every",
@@ -149,7 +146,7 @@ _CONFIG_FLAGS = [
     (
         "keep_checkpoints",
         "--keep-checkpoints",
-        {"type": int, "help": "latest checkpoints kept (default 2)"},
+        {"type": int, "help": "latest checkpoints kept"},
     ),
     ("seed", "--seed", {"type": int, "help": "data split, order, init, dropout, augmentation"}),
     (
@@ -184,14 +181,79 @@ _FLAGS = {
 } | {field: flag for field, flag, _ in _CONFIG_FLAGS}
 
 
+# `--help` in groups; a flag's group by its destination.
+_GROUPS = {
+    "model and data": (
+        "model model_option dataset data_path image_size channels skip_bad_files column "
+        "time_column missing"
+    ),
+    "optimisation": (
+        "epochs batch_size optimizer learning_rate momentum nesterov schedule warmup_steps "
+        "decay_rate clip_norm dtype seed"
+    ),
+    "regularisation and early stopping": (
+        "l1 l2 weight_decay regularize augment patience min_delta monitor"
+    ),
+    "runs and checkpoints": (
+        "out resume overwrite stop_after_steps checkpoint_every keep_checkpoints init_from "
+        "max_bad_steps debug_nans"
+    ),
+    "devices and hosts": "parallel coordinator num_processes process_id init_timeout",
+    "output": "quiet plot tensorboard show_config",
+    "search": "space space_file method trials storage study",
+}
+_GROUP_OF = {dest: title for title, dests in _GROUPS.items() for dest in dests.split()}
+_COMMANDS = """commands:
+  train.py [FLAGS]                 train (this page)
+  train.py search --space ...      hyperparameter search: trials are runs of these flags
+  train.py predict --run DIR ...   a trained run on new inputs
+  train.py evaluate --run DIR      a trained run's test metrics, or on another dataset
+  train.py export --run DIR --out FILE   jax.export of a trained run, weights inside
+each has its own --help."""
+
+
+def _with_default(field: str, text: str) -> str:
+    """`text` with the config field's default, unless it names one itself; a field that a
+    preset sets defaults to the model's preset."""
+    if "default" in text:
+        return text
+    default = _CONFIG_DEFAULTS[field]
+    if isinstance(default, tuple):
+        shown = ",".join(default) or "none"
+    else:
+        shown = {None: "none", False: "off", True: "on"}.get(default, default)
+    if any(field in preset for preset in PRESETS.values()):
+        return f"{text} (default: the model's preset, else {shown})"
+    return f"{text} (default: {shown})"
+
+
+_CONFIG_DEFAULTS = {
+    field.name: field.default
+    for field in dataclasses.fields(TrainConfig)
+    if field.default is not dataclasses.MISSING
+}
+
+
+class _Groups:
+    """The parser's argument groups, made in `_GROUPS`' order as flags are added."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.parser = parser
+        self.groups = {title: parser.add_argument_group(title) for title in _GROUPS}
+
+    def add(self, *flags: str, **options) -> None:
+        dest = options.get("dest") or flags[0].lstrip("-").replace("-", "_")
+        self.groups[_GROUP_OF[dest]].add_argument(*flags, **options)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of usage + error
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _add_run_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", choices=models.names(), help="default: cnn")
-    parser.add_argument(
+def _add_run_flags(groups: _Groups) -> None:
+    groups.add("--model", choices=models.names(), help="default: cnn")
+    groups.add(
         "--model-option",
         action="append",
         default=[],
@@ -199,8 +261,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="model hyperparameter, e.g. --model-option features=32,64 (Python literal values)",
     )
     for field, flag, options in _CONFIG_FLAGS:
-        parser.add_argument(flag, dest=field, **options)
-    parser.add_argument(
+        groups.add(flag, dest=field, **{**options, "help": _with_default(field, options["help"])})
+    groups.add(
         "--parallel",
         choices=PARALLEL,
         default="sharding",
@@ -208,47 +270,50 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "or one device (none)",
     )
     env = os.environ.get
-    parser.add_argument(
+    groups.add(
         "--coordinator",
         default=env("JAX_COORDINATOR_ADDRESS"),
         metavar="HOST:PORT",
         help="multi-process run: process 0's address (env JAX_COORDINATOR_ADDRESS)",
     )
-    parser.add_argument(
+    groups.add(
         "--num-processes",
         type=int,
         default=_env_int("JAX_NUM_PROCESSES"),
         help="multi-process run: how many processes (env JAX_NUM_PROCESSES)",
     )
-    parser.add_argument(
+    groups.add(
         "--process-id",
         type=int,
         default=_env_int("JAX_PROCESS_ID"),
         help="multi-process run: this process, 0..N-1 (env JAX_PROCESS_ID)",
     )
-    parser.add_argument(
+    groups.add(
         "--init-timeout",
         type=float,
         default=120.0,
         metavar="SECONDS",
         help="multi-process run: give up when not every process joined by then (default 120)",
     )
-    parser.add_argument(
+    groups.add(
         "--overwrite",
         action="store_true",
         help="replace what an earlier run left in --out (by default a finished run is refused)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
-    parser.add_argument(
-        "--debug-nans", action="store_true", help="jax_debug_nans: fail at the first NaN"
-    )
+    groups.add("--quiet", action="store_true", help="no progress bar or epoch lines")
+    groups.add("--debug-nans", action="store_true", help="jax_debug_nans: fail at the first NaN")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     if argv[:1] == ["search"]:
-        parser = _Parser(prog="train.py search", description="Hyperparameter search.")
-        _add_run_flags(parser)
-        parser.add_argument(
+        parser = _Parser(
+            prog="train.py search",
+            usage="train.py search --space NAME=VALUES [--space ...] [FLAGS]",
+            description="Hyperparameter search: each trial is a training run of these flags.",
+        )
+        groups = _Groups(parser)
+        _add_run_flags(groups)
+        groups.add(
             "--space",
             action="append",
             default=[],
@@ -256,29 +321,61 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             help="a config field or model.OPTION with values V1,V2 or a range "
             "uniform/loguniform/int/logint(low,high); repeat per parameter",
         )
-        parser.add_argument("--space-file", help="the space as a .json or .toml file")
-        parser.add_argument("--method", default="grid", choices=METHODS)
-        parser.add_argument("--trials", type=int, help="trials for random/tpe (grid: all)")
-        parser.add_argument("--out", default="runs/search", help="directory for search.json")
+        groups.add("--space-file", help="the space as a .json or .toml file")
+        groups.add(
+            "--storage",
+            metavar="URL",
+            help="share the search with every process given the same URL and --study: an "
+            "optuna RDB URL, sqlite:///study.db on one machine, postgresql://... for many "
+            "(default: none, this process alone)",
+        )
+        groups.add("--study", metavar="NAME", help="the shared study's name (with --storage)")
+        groups.add("--method", default="grid", choices=METHODS, help="(default: grid)")
+        groups.add("--trials", type=int, help="trials for random/tpe (default: grid: all)")
+        groups.add(
+            "--out", default="runs/search", help="directory for search.json (default: %(default)s)"
+        )
         args = parser.parse_args(argv[1:])
         args.command = "search"
         return args
-    parser = _Parser(prog="train.py", description=__doc__.splitlines()[0])
-    _add_run_flags(parser)
-    parser.add_argument("--out", default="runs/latest", help="directory for metrics and plots")
-    parser.add_argument(
+    parser = _Parser(
+        prog="train.py",
+        usage="train.py [FLAGS]  (or: train.py search|predict|evaluate|export ...)",
+        description=__doc__.splitlines()[0],
+        epilog=_COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    groups = _Groups(parser)
+    _add_run_flags(groups)
+    groups.add(
+        "--out",
+        default="runs/latest",
+        help="directory for metrics and plots (default: %(default)s)",
+    )
+    groups.add(
         "--plot",
         action="store_true",
         help="write curves.png and confusion.png (autoencoders: reconstructions.png, and for a "
-        "vae samples.png)",
+        "vae samples.png; seq2seq: attention.png)",
     )
-    parser.add_argument(
+    groups.add(
+        "--show-config",
+        action="store_true",
+        help="print the resolved config (the model's preset and the flags given) and exit",
+    )
+    groups.add(
+        "--tensorboard",
+        action="store_true",
+        help="write each epoch's scalars to OUT/tensorboard for `tensorboard --logdir` "
+        "(needs pip install -e '.[tensorboard]')",
+    )
+    groups.add(
         "--resume",
         metavar="DIR",
         help="continue the run in DIR from its latest checkpoint (its config, with any flags "
         "given here on top)",
     )
-    parser.add_argument(
+    groups.add(
         "--stop-after-steps",
         type=int,
         metavar="N",
@@ -380,7 +477,11 @@ def parse_use_args(argv: list[str]) -> argparse.Namespace:
         parser.add_argument("inputs", nargs="*", metavar="INPUT", help="images, .npy, or CSV")
         parser.add_argument("--top-k", type=int, default=3, help="classes shown per input")
         parser.add_argument("--json", action="store_true", help="print JSON")
-        parser.add_argument("--prompt", help="charlm: the text to continue")
+        parser.add_argument(
+            "--prompt",
+            help="charlm: the text to continue; a tagger of characters: the text to tag; "
+            "seq2seq: the source, e.g. 4217",
+        )
         parser.add_argument("--length", type=int, help="charlm: characters (default 200)")
         parser.add_argument("--temperature", type=float, help="charlm: sampling (default 1)")
         parser.add_argument("--seed", type=int, help="charlm: sampling (default 0)")
@@ -436,6 +537,16 @@ def _use_main(args: argparse.Namespace) -> int:
         )
         print(text)
         return 0
+    if trained.task == "seq2seq":
+        if args.prompt is None or args.inputs:
+            raise ConfigError("predict with a seq2seq model takes --prompt TEXT, e.g. 4217")
+        print(trained.translate([args.prompt])[0])
+        return 0
+    if trained.task == "tag" and trained.dataset.get("vocab"):
+        if args.prompt is None or args.inputs:
+            raise ConfigError("predict with a tagger of characters takes --prompt TEXT")
+        _print_tags(args.prompt, trained.tag(args.prompt), trained.class_names, args.json)
+        return 0
     given = [flag for flag, value in sampling.items() if value is not None]
     given += ["--column"] if args.column is not None and trained.task != "regress" else []
     if given:
@@ -490,6 +601,11 @@ def main(argv: list[str]) -> int:
     if args.debug_nans:
         jax.config.update("jax_debug_nans", True)
     try:
+        if getattr(args, "show_config", False):
+            config = build_config(args)
+            models.create(config.model, **config.model_options)  # an unknown option fails here
+            print(json.dumps(config.to_dict(), indent=2))
+            return 0
         join_processes(args)
         config = build_config(args)
         if args.command == "search":
@@ -515,6 +631,8 @@ def main(argv: list[str]) -> int:
                 log=log,
                 parallel=args.parallel,
                 overwrite=args.overwrite,
+                storage=args.storage,
+                study=args.study,
             )
             if jax.process_index() == 0:
                 print(format_table(summary))
@@ -530,6 +648,7 @@ def main(argv: list[str]) -> int:
             stop_after_steps=args.stop_after_steps,
             parallel=args.parallel,
             overwrite=args.overwrite,
+            tensorboard=args.tensorboard,
         )
     except Preempted as stop:
         print(f"train.py: {stop}; continue with --resume {args.out}", file=sys.stderr)
@@ -547,11 +666,27 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _print_tags(text: str, probabilities: np.ndarray, class_names, as_json: bool) -> None:
+    """Each character's most probable tag as JSON, or the text cut after every character whose
+    tag is not the first (for `--dataset words`: the words, spaces put back)."""
+    names = class_names or tuple(str(i) for i in range(probabilities.shape[-1]))
+    tags = probabilities.argmax(axis=-1)
+    if as_json:
+        rows = [
+            {"character": c, "tag": names[t], "probability": float(p[t])}
+            for c, t, p in zip(text, tags, probabilities, strict=True)
+        ]
+        print(json.dumps(rows))
+        return
+    print("".join(c + (" " if t else "") for c, t in zip(text, tags, strict=True)).rstrip())
+
+
 # What --plot draws besides the curves, by task.
 _IMAGES = {
     "classify": "confusion.png",
     "reconstruct": "reconstructions.png",
     "vae": "reconstructions.png, samples.png",
+    "seq2seq": "attention.png",
 }
 
 

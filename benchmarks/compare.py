@@ -3,6 +3,7 @@
     python benchmarks/compare.py                  # every benchmark; writes benchmarks/results.*
     python benchmarks/compare.py --only cnn,lstm  # some of them
     python benchmarks/compare.py --only resnet18,mobilenet_v2 --out /tmp/cnn  # the CNN families
+    python benchmarks/compare.py --only seq2seq --out /tmp/seq2seq  # encoder-decoder, attention
     python benchmarks/compare.py --quick          # a few rounds of the small sizes, a smoke test
     python benchmarks/compare.py --dtype bfloat16 # on GPU/TPU
 
@@ -12,16 +13,23 @@ then rounds alternate between the implementations so machine drift hits all alik
 each round, so none always follows the same peer), and the
 median ms/step is reported with examples/s, the ratio to zoo (> 1: slower than zoo), the
 achieved GFLOP/s (the same FLOP count for every implementation: XLA's cost analysis of zoo's
-compiled CNN step, and the RNNs' matmuls counted by hand) and its fraction of this machine's
-peak, measured in the same run with a large matmul. Warm-up includes JAX's compile time. Peers
-that are not installed are skipped with a note. Output: `results.json`, `results.md` and, with
-matplotlib, `results.png` (examples/s), all of them rewritten with the benchmarks of this run
-only: give `--out` for a partial run.
+compiled CNN step, and the RNNs' and seq2seq's matmuls counted by hand) and its fraction of this
+machine's peak, measured in the same run with a large matmul. Warm-up includes JAX's compile
+time. Peers that are not installed are skipped with a note. Output: `results.json`,
+`results.md` and, with matplotlib, `results.png` (examples/s), all of them rewritten with the
+benchmarks of this run only: give `--out` for a partial run.
 
 The CNN families (ResNet-18 with the CIFAR stem, MobileNetV2; their peers in `cnn_families.py`)
 have batch norm: every train step uses batch statistics and updates the running ones (zoo and
 Flax apply with `train=True, mutable=["batch_stats"]`, PyTorch in `train()` mode, Keras'
 `train_on_batch`) and inference the running ones; the logit check compares both modes.
+
+`seq2seq` is the registry's default `seq2seq` model (bidirectional LSTM(128) encoder, Bahdanau
+attention, LSTM(128) decoder) on a batch of the `numbers` task (128 sources of 5 digits at most,
+targets of 8 tokens), raced against PyTorch and Keras 3 peers in `seq2seq_peers.py` (no Flax
+peer: zoo's model is one). Its train step is teacher forcing, the mean cross-entropy over the
+targets' non-PAD tokens and an Adam update; inference is the same teacher-forced forward pass
+(not greedy decoding).
 """
 
 import argparse
@@ -40,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import seq2seq_peers  # benchmarks/seq2seq_peers.py, beside this script
 from cnn_families import (  # benchmarks/cnn_families.py, beside this script
     FAMILIES,
     keras_logits,
@@ -63,9 +72,9 @@ Step = Callable[[], None]  # runs one step and blocks until it is done
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
-    kind: str  # 'cnn', 'rnn', 'lstm', 'gru' or a key of `cnn_families.FAMILIES`
+    kind: str  # 'cnn', 'rnn', 'lstm', 'gru', 'seq2seq' or a key of `cnn_families.FAMILIES`
     batch: int
-    shape: tuple[int, ...]  # one example
+    shape: tuple[int, ...]  # one example; seq2seq: (source length, target length)
     hidden: int = 0  # recurrent width (two layers)
 
 
@@ -79,6 +88,7 @@ BENCHMARKS = {
     "gru_large": Benchmark("gru", 64, (100, 28), 512),
     "resnet18": Benchmark("resnet18", 128, (32, 32, 3)),  # CIFAR stem
     "mobilenet_v2": Benchmark("mobilenet_v2", 128, (32, 32, 3)),
+    "seq2seq": Benchmark("seq2seq", 128, (5, 8)),  # the numbers task; its preset's batch
 }
 QUICK = ("cnn", "lstm", "gru")
 RECURRENT = ("rnn", "lstm", "gru")
@@ -237,6 +247,8 @@ def flax_to_zoo(bench: Benchmark, variables: dict) -> dict:
 def zoo_model(bench: Benchmark) -> nn.Module:
     if bench.kind in FAMILIES:
         return FAMILIES[bench.kind].zoo(bench.shape)
+    if bench.kind == "seq2seq":
+        return models.create("seq2seq")
     if bench.kind == "cnn":
         return models.create("cnn", input_shape=bench.shape)
     return models.create(bench.kind, input_shape=bench.shape, hidden_sizes=(bench.hidden,) * 2)
@@ -386,6 +398,8 @@ def agreement(bench: Benchmark, x: np.ndarray, impls: dict[str, dict]) -> dict[s
 
     @jax.jit
     def logits(variables, x) -> list[jax.Array]:
+        if bench.kind == "seq2seq":  # x: the sources, their lengths and the targets
+            return [model.apply(variables, x.src, x.lengths, targets=x.targets)]
         if "batch_stats" not in variables:
             return [model.apply(variables, x)]
         train_mode, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
@@ -458,7 +472,12 @@ def available_peers() -> dict[str, object]:
 
 
 def batch(bench: Benchmark) -> tuple[np.ndarray, np.ndarray]:
-    """The benchmark's inputs `(B, *shape)` and labels `(B,)`, the same for every implementation."""
+    """The benchmark's inputs `(B, *shape)` and labels `(B,)`, the same for every implementation;
+    seq2seq's inputs are `seq2seq_peers.Inputs` (sources, lengths, targets), its labels the
+    targets."""
+    if bench.kind == "seq2seq":
+        inputs = seq2seq_peers.batch(bench.batch, *bench.shape)
+        return inputs, inputs.targets
     rng = np.random.default_rng(0)
     x = rng.normal(size=(bench.batch, *bench.shape)).astype(np.float32)
     y = rng.integers(0, 10, bench.batch).astype(np.int32)
@@ -470,6 +489,8 @@ def implementations(
 ) -> dict[str, dict]:
     """Every implementation's steps, and the peers' logits and weights in zoo's variables.
     `compile=False` (a test of `agreement`): no zoo, and no JAX steps compiled."""
+    if bench.kind == "seq2seq":
+        return seq2seq_implementations(bench, x, peers, dtype, compile)
     jax_dtype = jnp.dtype(dtype)
     impls = {}
     if compile:  # zoo's steps as zoo's training compiles them; Flax's with a plain jax.jit
@@ -491,10 +512,37 @@ def implementations(
     return impls
 
 
+def seq2seq_implementations(
+    bench: Benchmark, inputs: seq2seq_peers.Inputs, peers, dtype: str, compile: bool = True
+) -> dict[str, dict]:
+    """`implementations` of the seq2seq benchmark: zoo's steps as zoo's training compiles them,
+    PyTorch's and Keras' peers from `seq2seq_peers.py`. No Flax peer (zoo's model is Flax)."""
+    model = zoo_model(bench)
+    impls = {}
+    if compile:
+        impls["zoo"] = seq2seq_peers.jax_steps(
+            model,
+            inputs,
+            jnp.dtype(dtype),
+            jit=runtime.jit,
+            gradients=runtime.hand_written_gradients,
+        )
+    if "pytorch" in peers:
+        impls["pytorch"] = seq2seq_peers.torch_steps(model, inputs, dtype)
+    if "keras" in peers:
+        impls["keras"] = seq2seq_peers.keras_steps(model, inputs, dtype)
+    return impls
+
+
 def run_benchmark(name, bench, peers, dtype, rounds, per_round) -> dict:
     x, y = batch(bench)
     impls = implementations(bench, x, y, peers, dtype)
-    flops = rnn_flops(bench) if bench.kind in RECURRENT else impls["zoo"]["flops"]
+    if bench.kind == "seq2seq":
+        flops = seq2seq_peers.flops(zoo_model(bench), x)
+    elif bench.kind in RECURRENT:
+        flops = rnn_flops(bench)
+    else:
+        flops = impls["zoo"]["flops"]
     result = {**dataclasses.asdict(bench), "flops": flops, "timings": {}}
     result["max_logit_difference"] = agreement(bench, x, impls)
     for mode in ("train", "infer"):

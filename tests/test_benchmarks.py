@@ -1,5 +1,5 @@
 """benchmarks/compare.py --quick runs and writes a well-formed report (timings are not judged),
-and every implementation of the CNN families computes zoo's function."""
+and every implementation of the CNN families and of seq2seq computes zoo's function."""
 
 import dataclasses
 import importlib
@@ -49,6 +49,30 @@ def test_cnn_family_peers_compute_zoos_function(compare, name, batch):
         scale = np.max(np.abs(logits))
         # Not a vacuous check: the two examples' logits differ (they are not the head's bias).
         assert np.max(np.abs(logits[0] - logits[1])) > 0.1 * scale, peer
+        assert difference < 1e-4 * scale, (peer, difference)
+
+
+@pytest.mark.slow  # 11 s here, most of it Keras initialising its variables op by op
+def test_seq2seq_peers_compute_zoos_function(compare):
+    """At a small batch with short sources among them (so the masking of source padding in
+    the encoder and the attention is exercised), the PyTorch and Keras seq2seq peers' initial
+    weights imported into zoo's default seq2seq give the peer's own teacher-forced logits: what
+    makes the timings compare the same math. Only forward passes: no step is compiled."""
+    peers = {
+        p: pytest.importorskip(m).__version__ for p, m in [("pytorch", "torch"), ("keras", "keras")]
+    }
+    bench = dataclasses.replace(compare.BENCHMARKS["seq2seq"], batch=7)
+    x, y = compare.batch(bench)
+    source_length, target_length = bench.shape
+    assert x.lengths.min() < source_length and (y == 0).any()  # padded sources and targets
+    impls = compare.implementations(bench, x, y, peers, "float32", compile=False)
+    differences = compare.agreement(bench, x, impls)
+    assert set(differences) == {"pytorch", "keras"}
+    for peer, difference in differences.items():
+        logits = impls[peer]["logits"]
+        assert logits.shape == (7, target_length, 33), peer
+        scale = np.max(np.abs(logits))
+        assert np.max(np.abs(logits[0] - logits[1])) > 0.1 * scale, peer  # not all the bias
         assert difference < 1e-4 * scale, (peer, difference)
 
 

@@ -232,3 +232,42 @@ def test_resume_from_a_directory_without_checkpoints_names_it_and_creates_nothin
     error = capsys.readouterr().err
     assert f"no readable checkpoint in {missing}/checkpoints" in error
     assert not missing.exists()
+
+
+@pytest.mark.parametrize("name", __import__("zoo").models.names())
+def test_show_config_prints_the_preset_with_the_flags_on_top(name, capsys):
+    from zoo.training.config import PRESETS
+
+    assert _main("--model", name, "--epochs", "3", "--show-config") == 0
+    shown = json.loads(capsys.readouterr().out)
+    preset = dict(PRESETS.get(name, {}))
+    options = preset.pop("model_options", {})
+    expected = {**preset, "model": name, "epochs": 3}
+    assert {key: shown[key] for key in expected} == json.loads(json.dumps(expected))
+    assert shown["model_options"] == json.loads(json.dumps(options))
+
+
+def test_show_config_refuses_an_option_the_model_lacks(capsys):
+    assert _main("--model", "lstm", "--model-option", "channels=3", "--show-config") == 2
+    assert "'lstm' has no option channels" in capsys.readouterr().err
+
+
+def test_help_groups_every_flag_with_its_default_and_lists_the_commands(capsys):
+    from zoo.training.config import TrainConfig
+
+    assert _main("--help") == 0
+    text = capsys.readouterr().out
+    titles = ["model and data", "optimisation", "regularisation and early stopping"]
+    titles += ["runs and checkpoints", "devices and hosts", "output"]
+    assert [t for t in titles if f"\n{t}:\n" in text] == titles
+    for command in ("search", "predict", "evaluate", "export"):
+        assert f"train.py {command}" in text
+        assert _main(command, "--help") == 0
+        capsys.readouterr()
+    # Each config flag says its default: the field's, or the preset's where presets set it.
+    for _, flag, _ in train_module()._CONFIG_FLAGS:
+        entry = text[text.index(f"  {flag} ") :].split("\n  --")[0]
+        assert "default" in entry, (flag, entry)
+    flat = " ".join(text.split())
+    assert TrainConfig.__dataclass_fields__["learning_rate"].default == 0.001
+    assert "(peak) learning rate (default: the model's preset, else 0.001)" in flat

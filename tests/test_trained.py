@@ -247,3 +247,34 @@ def test_fine_tuning_on_a_3_class_folder_keeps_all_but_the_head(cnn_run, tmp_pat
         other = TrainConfig(model="lstm", epochs=1)
         lstm = create_train_state(model_for(other, 3, (28, 28)), other, np.zeros((1, 28, 28)))
         initialize_from(lstm, trained.variables["params"], {})
+
+
+def test_a_tagger_of_characters_puts_the_spaces_back(tmp_path, capsys):
+    """Trained on a user's text file (`--dataset words`), `tag` and `train.py predict --prompt`
+    read text; the per-character tags reproduce the run's test accuracy."""
+    path = tmp_path / "prose.txt"
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "ran", "off"]
+    rng = np.random.default_rng(0)
+    path.write_text("\n".join(" ".join(rng.choice(words, 6)) for _ in range(300)))
+    out = tmp_path / "run"
+    config = TrainConfig(
+        model="tagger",
+        dataset="words",
+        data_path=str(path),
+        epochs=2,
+        model_options={"hidden_sizes": (8,)},
+    )
+    results = train_and_evaluate(config, str(out), log=lambda line: None)
+    trained = zoo.load(out)
+    test = data.load_word_boundaries_file(path).test
+    valid = np.arange(64)[None, :] < test.lengths[:, None]
+    probabilities = trained.predict(test.x, test.lengths)  # (N, 64, 2)
+    correct = (probabilities.argmax(-1) == test.y)[valid]
+    assert correct.mean() == pytest.approx(results["test_accuracy"], abs=1e-6)
+    assert results["majority_accuracy"] == pytest.approx(1 - np.mean(test.y[valid]))
+    text = "thecatsatonamat" * 6  # longer than the model's 64 steps: tagged in pieces
+    assert trained.tag(text).shape == (90, 2)
+    assert _main("predict", "--run", str(out), "--prompt", text) == 0
+    assert capsys.readouterr().out.replace(" ", "").strip() == text
+    with pytest.raises(ValueError, match=r"characters \['!'\] are not in the model's vocabulary"):
+        trained.tag("cat!")

@@ -4,6 +4,8 @@
     probabilities = trained.predict(images)          # (N, classes); an autoencoder's: (N, H, W, C)
     logits = trained.model.apply(trained.variables, images)
     text = zoo.load("runs/charlm").sample("def ", length=200)
+    tags = zoo.load("runs/tagger").tag("thequickbrownfox")  # (16, tags) per character
+    words = zoo.load("runs/seq2seq").translate(["4217"])  # ["four thousand two hundred ..."]
 
 A run directory holds what this needs: its checkpoints (config, parameters) and `dataset.json`
 (input shape, class names, vocabulary, standardisation statistics), written by
@@ -12,6 +14,7 @@ A run directory holds what this needs: its checkpoints (config, parameters) and 
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 from typing import Any
@@ -25,6 +28,7 @@ from zoo import models
 from zoo.data import RECONSTRUCTION_TASKS
 from zoo.data import text as text_lib
 from zoo.data.splits import Split
+from zoo.models.seq2seq import EOS, PAD
 from zoo.training.checkpoint import CHECKPOINTS, Checkpointer, CheckpointError
 from zoo.training.config import TrainConfig
 from zoo.training.metrics import evaluate
@@ -149,6 +153,66 @@ class Trained:
         )
         return text_lib.decode(np.asarray(out)[0], vocab)
 
+    def tag(self, text: str) -> np.ndarray:
+        """Tag probabilities `(len(text), tags)` of each character of `text`, for a tagger
+        trained on characters (`--dataset words`); a text longer than the model's sequences is
+        tagged in pieces of that length."""
+        vocab = self.dataset.get("vocab")
+        if self.task != "tag" or not vocab:
+            raise ValueError(f"tag needs a tagger of characters; {self.config.model!r} is not one")
+        if not text:
+            return np.zeros((0, self.dataset["num_classes"]), np.float32)
+        unknown = sorted(set(text) - set(vocab))
+        if unknown:
+            raise ValueError(
+                f"characters {unknown} are not in the model's vocabulary of {len(vocab)}"
+            )
+        tokens = text_lib.encode(text, vocab)
+        steps = self.input_shape[0]
+        pieces = [tokens[start : start + steps] for start in range(0, len(tokens), steps)]
+        x = np.zeros((len(pieces), steps), np.int32)
+        for row, piece in enumerate(pieces):
+            x[row, : len(piece)] = piece
+        lengths = np.array([len(piece) for piece in pieces], np.int32)
+        probabilities = self.predict(x, lengths)  # (pieces, steps, tags)
+        return np.concatenate([p[:n] for p, n in zip(probabilities, lengths, strict=True)])
+
+    def translate(self, sources: list[str], *, beam_width: int = 1) -> list[str]:
+        """A sequence-to-sequence model's output for each source string, read one character
+        per source token: greedy decoding (`beam_width` 1) or the best of a beam search, its
+        target tokens up to EOS joined by spaces."""
+        if self.task != "seq2seq":
+            raise ValueError(f"translate needs a seq2seq model; {self.config.model!r} is not one")
+        vocab = list(self.dataset["vocab"])
+        lookup = {token: i for i, token in enumerate(vocab) if i > EOS}  # no PAD, BOS, EOS
+        for source in sources:
+            unknown = sorted(set(source) - set(lookup))
+            if unknown:
+                raise ValueError(
+                    f"source {source!r}: characters {unknown} are not in the model's source "
+                    f"vocabulary {''.join(sorted(lookup))!r}"
+                )
+            if not source:
+                raise ValueError("an empty source has nothing to translate")
+        if not sources:
+            return []
+        lengths = np.array([len(source) for source in sources], np.int32)
+        src = np.full((len(sources), lengths.max()), PAD, np.int32)
+        for row, source in enumerate(sources):
+            src[row, : len(source)] = [lookup[c] for c in source]
+        if beam_width == 1:
+            tokens, _ = models.greedy_decode(self.model, self.variables, src, lengths)
+        else:
+            beams, _ = models.beam_search(
+                self.model, self.variables, src, lengths, width=beam_width
+            )
+            tokens = beams[:, 0]
+        names = self.class_names
+        return [
+            " ".join(names[t] for t in itertools.takewhile(lambda t: t != EOS, row) if t > EOS)
+            for row in np.asarray(tokens).tolist()
+        ]
+
     def _checked(self, x) -> np.ndarray:
         x = np.asarray(x)
         shape = self.input_shape
@@ -246,7 +310,12 @@ def load(path: str | os.PathLike, *, which: str = "best") -> Trained:
         step = steps[-1] if step is None else step
         saved = checkpoints.read_meta(step)
         config = TrainConfig.from_dict(saved["config"])
-        model = model_for(config, described["num_classes"], tuple(described["input_shape"]))
+        model = model_for(
+            config,
+            described["num_classes"],
+            tuple(described["input_shape"]),
+            len(described["vocab"]) if described.get("vocab") else None,
+        )
         like = _like(model, config, described, saved.get("leaves", {}))
         tree, meta = checkpoints.restore(step, like)
     finally:

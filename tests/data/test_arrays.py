@@ -63,6 +63,33 @@ def test_targets_follow_the_task(tmp_path):
     assert whole.train.y.dtype == np.int32 and whole.num_classes == 3
 
 
+def test_tags_per_step_from_arrays_and_ragged_json_lines(tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(30, 6, 2))
+    tags = (features[..., 0] > 0).astype(int)
+    tagged = load_arrays(_npz(tmp_path, x=features, y=tags), task="tag")
+    assert tagged.num_classes == 2 and tagged.train.y.shape == (21, 6)
+    sequences = [rng.normal(size=(int(n), 2)).round(3).tolist() for n in (3, 1, 4)]
+    path = tmp_path / "tags.jsonl"
+    lines = [{"x": s, "y": [int(step[0] > 0) + 1 for step in s]} for s in sequences]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    dataset = load_arrays(path, task="tag", validation=0.0, test=0.0)
+    assert dataset.num_classes == 3 and dataset.train.y.shape == (3, 4)
+    for x, y, length in zip(*dataset.train, strict=True):
+        match = [
+            line
+            for line in lines
+            if len(line["x"]) == length and np.allclose(line["x"], x[:length])
+        ]
+        assert match and list(y[:length]) == match[0]["y"] and not y[length:].any()
+    lines[1]["y"] = [0, 1]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(DataError, match="example 2 has 1 steps of x but 2 of y"):
+        load_arrays(path, task="tag")
+    with pytest.raises(DataError, match=r"a tagger takes x of shape \(N, steps, features\)"):
+        load_arrays(_npz(tmp_path, x=features, y=np.zeros(30, int)), task="tag")
+
+
 def test_ragged_json_lines_are_padded_with_their_lengths(tmp_path):
     rng = np.random.default_rng(0)
     sequences = [rng.normal(size=(int(n), 2)).round(3).tolist() for n in rng.integers(1, 9, 40)]

@@ -7,7 +7,7 @@ def test_every_dataset_says_what_its_path_is():
     assert set(DATASETS) == set(SOURCES)
     for name, source in SOURCES.items():
         assert (source.path is None) == (
-            name in ("digits", "digits-seq", "digits-strips", "series")
+            name in ("digits", "digits-seq", "digits-strips", "digits-moving", "series", "numbers")
         )
         assert not source.needs_path or source.path
 
@@ -19,7 +19,12 @@ def test_every_dataset_says_what_its_path_is():
         ("mnist", None, {}, "dataset 'mnist' needs data_path: mnist.npz or IDX files"),
         ("csv", None, {}, "dataset 'csv' needs data_path: a CSV file"),
         ("digits", "x.png", {}, "data_path is not read by dataset 'digits', which is bundled"),
-        ("series", "s.csv", {}, "datasets that read a path: text, mnist, images, csv, arrays"),
+        (
+            "series",
+            "s.csv",
+            {},
+            "datasets that read a path: text, words, mnist, images, csv, arrays",
+        ),
         ("digits", None, {"channels": 3}, "channels is not read by dataset 'digits'; .*images"),
         ("images", "d", {"column": "v"}, "column is not read by dataset 'images'; .*csv"),
     ],

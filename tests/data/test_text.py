@@ -3,7 +3,17 @@ import pytest
 
 from zoo.data import DataError
 from zoo.data import text as text_module
-from zoo.data.text import UNKNOWN, corpus, decode, encode, load_text, load_text_file, windows
+from zoo.data.text import (
+    UNKNOWN,
+    corpus,
+    decode,
+    encode,
+    load_text,
+    load_text_file,
+    load_word_boundaries,
+    load_word_boundaries_file,
+    windows,
+)
 
 
 def test_corpus_is_cpython_prose_with_the_documented_entropy():
@@ -92,3 +102,51 @@ def test_bad_text_files_are_named(tmp_path, content, message):
     assert str(path) in str(error.value)
     with pytest.raises(DataError, match="does not exist"):
         load_text_file(tmp_path / "missing.txt")
+
+
+def _segmented(split, vocab):
+    """Each example's characters with a space after every character tagged as a word's end."""
+    return [
+        "".join(c + " " * int(tag) for c, tag in zip(decode(x[:n], vocab), y[:n], strict=True))
+        for x, y, n in zip(split.x, split.y, split.lengths, strict=True)
+    ]
+
+
+def test_word_boundaries_put_the_spaces_back():
+    lines = [f"line {i} of  the quick\tbrown fox" for i in range(20)] + ["one", "  "]
+    dataset = load_word_boundaries(text="\n".join(lines), validation=0.1, test=0.1)
+    assert (dataset.task, dataset.num_classes) == ("tag", 2)
+    assert dataset.class_names == ("inside", "word end")
+    assert dataset.vocab == "".join(sorted(set("".join("".join(lines[:16]).split())) | {UNKNOWN}))
+    segmented = [_segmented(split, dataset.vocab) for split in dataset[:3]]
+    # Lines in order, one-word and empty lines dropped; the last 2 of 20 are the test split.
+    assert sum(segmented, []) == [" ".join(line.split()) + " " for line in lines[:20]]
+    assert [len(split.x) for split in dataset[:3]] == [16, 2, 2]
+    for split in dataset[:3]:
+        past_the_end = np.arange(64)[None, :] >= split.lengths[:, None]
+        assert not split.x[past_the_end].any() and not split.y[past_the_end].any()
+
+
+def test_long_lines_are_cut_between_words_and_longer_words_left_out():
+    text = "ab cd efg hi\n" * 9 + "a b toolongword c d"
+    dataset = load_word_boundaries(text=text, max_length=5, validation=0.1, test=0.1)
+    lines = sum((_segmented(split, dataset.vocab) for split in dataset[:3]), [])
+    assert lines == ["ab cd ", "efg hi "] * 9 + ["a b ", "c d "]
+
+
+def test_word_boundaries_of_the_bundled_text():
+    dataset = load_word_boundaries()
+    sizes = [len(split.x) for split in dataset[:3]]
+    assert sizes[0] > 6000 and sizes[1] == sizes[2] > 300
+    assert dataset.train.x.shape[1] == 64 and dataset.train.lengths.max() <= 64
+    tags = dataset.test.y[np.arange(64)[None, :] < dataset.test.lengths[:, None]]
+    assert 0.15 < tags.mean() < 0.3  # words of about 5 characters
+
+
+def test_word_boundaries_refuse_text_without_lines_of_words(tmp_path):
+    with pytest.raises(DataError, match="0 lines of two or more words"):
+        load_word_boundaries(text="one\ntwo\n")
+    path = tmp_path / "words.txt"
+    path.write_text("single\n" * 5, encoding="utf-8")
+    with pytest.raises(DataError, match=f"{path}: text has 0 lines"):
+        load_word_boundaries_file(path)

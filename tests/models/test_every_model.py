@@ -26,11 +26,16 @@ SMALL = {
     "gru": ({"input_shape": (4, 3), "hidden_sizes": (3, 2), "num_classes": 5}, (2, 4, 3)),
     "bilstm": ({"input_shape": (4, 3), "hidden_sizes": (3,), "num_classes": 5}, (2, 4, 3)),
     "bigru": ({"input_shape": (4, 3), "hidden_sizes": (3,), "num_classes": 5}, (2, 4, 3)),
+    "tagger": (
+        {"vocab_size": None, "input_shape": (4, 3), "hidden_sizes": (3,), "num_classes": 5},
+        (2, 4, 3),
+    ),
     "charlm": ({"num_classes": 7, "embed_dim": 3, "hidden_sizes": (4,)}, (2, 5)),
     "cnn_lstm": (
         {"input_shape": (3, 6, 6, 1), "features": (2,), "embed_dim": 3, "hidden_sizes": (3,)},
         (2, 3, 6, 6, 1),
     ),
+    "convlstm": ({"input_shape": (3, 5, 6, 2), "filters": (2,), "num_classes": 3}, (2, 3, 5, 6, 2)),
     "forecast": ({"input_shape": (5, 2), "hidden_sizes": (3,), "horizon": 2}, (2, 5, 2)),
     "tcn": (
         {"input_shape": (5, 3), "channels": (3, 2), "kernel_size": 2, "num_classes": 4},
@@ -62,6 +67,20 @@ SMALL = {
     "resnet50": ({"input_shape": (12, 12, 1), "width": 2, "num_classes": 3}, (2, 12, 12, 1)),
     "resnet20": ({"input_shape": (8, 8, 1), "width": 2, "num_classes": 3}, (2, 8, 8, 1)),
     "mobilenet_v2": ({"input_shape": (16, 16, 1), "alpha": 0.1, "num_classes": 3}, (2, 16, 16, 1)),
+    # Without targets it decodes greedily: the logits of max_length steps, each step fed the
+    # previous argmax (locally constant, so derivatives pass through the logits only).
+    "seq2seq": (
+        {
+            "num_classes": 6,
+            "vocab_size": 5,
+            "embed_dim": 3,
+            "encoder_sizes": (3,),
+            "hidden_size": 4,
+            "attention_size": 3,
+            "max_length": 3,
+        },
+        (2, 4),
+    ),
 }
 # Residual blocks and batch norm (evaluation mode) in the configurable stack as well.
 VARIANTS = {
@@ -80,7 +99,24 @@ VARIANTS = {
         {"input_shape": (8, 6, 2), "features": (3, 4), "activation": "tanh", "pool": "avg"},
         (2, 8, 6, 2),
     ),
+    "seq2seq-gru-luong": (
+        "seq2seq",
+        {
+            "num_classes": 5,
+            "vocab_size": 6,
+            "embed_dim": 2,
+            "encoder_sizes": (3, 2),
+            "hidden_size": 3,
+            "cell": "gru",
+            "bidirectional": False,
+            "attention": "luong",
+            "max_length": 4,
+        },
+        (2, 3),
+    ),
 }
+# The option bounding the token ids of models that take them.
+TOKEN_RANGE = {"language": "num_classes", "seq2seq": "vocab_size"}
 CASES = {name: (name, *SMALL[name]) for name in SMALL} | VARIANTS
 # Rows whose layers other cases run as well: the bottleneck ResNet with the ImageNet stem and
 # projections stands for resnet18/34, the CIFAR one for option A shortcuts, lenet5 for its relu
@@ -94,6 +130,7 @@ PIECEWISE_LINEAR = {  # relu, max pooling
     "convnet",
     "convnet-residual-bn",
     "cnn_lstm",
+    "convlstm",  # global max pooling
     "rnn-relu",
     *models.names("tcn*"),
     *models.names("lenet5_relu"),
@@ -110,13 +147,14 @@ def test_every_registered_model_is_covered():
 def _model_and_inputs(case):
     name, options, shape = CASES[case]
     model = models.create(name, **options)
-    if models.task(name) == "language":
-        x = jax.random.randint(jax.random.key(1), shape, 0, options["num_classes"])
+    if models.task(name) in TOKEN_RANGE:
+        high = options[TOKEN_RANGE[models.task(name)]]
+        x = jax.random.randint(jax.random.key(1), shape, 0, high)
     else:
         x = jax.random.normal(jax.random.key(1), shape)
     variables = jax.jit(model.init)(jax.random.key(0), x)
     as64 = lambda t: jax.tree.map(lambda a: np.asarray(a, np.float64), t)  # noqa: E731
-    x = x if models.task(name) == "language" else as64(x)
+    x = x if models.task(name) in TOKEN_RANGE else as64(x)
     return model, _offset_biases(as64(variables)), x
 
 
@@ -239,8 +277,8 @@ def test_mixed_precision_keeps_params_in_param_dtype_and_computes_in_dtype(case,
     name, options, shape = CASES[case]
     model, full = models.create(name, **options, dtype=dtype), models.create(name, **options)
     rng = np.random.default_rng(1)
-    if models.task(name) == "language":
-        x = rng.integers(0, options["num_classes"], shape).astype(np.int32)
+    if models.task(name) in TOKEN_RANGE:
+        x = rng.integers(0, options[TOKEN_RANGE[models.task(name)]], shape).astype(np.int32)
     else:
         x = rng.normal(size=shape).astype(np.float32)  # float32 input, as from a data loader
     shapes = jax.eval_shape(model.init, jax.random.key(0), x)

@@ -66,12 +66,25 @@ CONFIGS = [
         jnp.float32,
     ),
     ("bigru", {"input_shape": (6, 2), "hidden_sizes": (3,)}, (6, 2), jnp.float32),
+    ("tagger", {"vocab_size": 9, "hidden_sizes": (4, 3), "num_classes": 3}, (6,), jnp.int32),
+    (
+        "tagger",
+        {"vocab_size": None, "input_shape": (None, 2), "cell": "gru", "bidirectional": False},
+        (5, 2),
+        jnp.float32,
+    ),
     ("charlm", {"num_classes": 11, "embed_dim": 4, "hidden_sizes": (6, 5)}, (9,), jnp.int32),
     ("charlm", {"num_classes": 7, "cell": "gru", "hidden_sizes": (5,)}, (4,), jnp.int32),
     (
         "cnn_lstm",
         {"input_shape": (3, 8, 6, 1), "features": (4,), "hidden_sizes": (5,)},
         (3, 8, 6, 1),
+        jnp.float32,
+    ),
+    (
+        "convlstm",
+        {"input_shape": (3, 5, 6, 2), "filters": (3, 2), "dropout": 0.2},
+        (3, 5, 6, 2),
         jnp.float32,
     ),
     (
@@ -111,6 +124,15 @@ CONFIGS += [
     ("tcn", {"input_shape": (None, 3), "channels": (4, 5), "dropout": 0.2}, (7, 3), jnp.float32),
     ("tcn_forecast", {"input_shape": (8, 2), "horizon": 3, "channels": (4,)}, (8, 2), jnp.float32),
 ]
+# The encoder-decoder, without targets: greedy decoding of max_length steps.
+CONFIGS += [
+    (
+        "seq2seq",
+        {"num_classes": 7, "vocab_size": 5, "encoder_sizes": (4,), "hidden_size": 5},
+        (6,),
+        jnp.int32,
+    ),
+]
 IDS = [f"{i}-{name}" for i, (name, *_) in enumerate(CONFIGS)]
 # Per-config transformations for one config of each family's block kinds; every config still
 # goes through jit, eager dispatch and the option checks.
@@ -137,8 +159,10 @@ def init(model, shape, dtype):
 
 
 def output_shape(model, shape):
-    if isinstance(model, models.CharLM):
-        return (*shape, model.num_classes)  # logits at every step
+    if isinstance(model, models.CharLM | models.Tagger):
+        return (shape[0], model.num_classes)  # logits at every step
+    if isinstance(model, models.Seq2Seq):
+        return (model.max_length, model.num_classes)  # logits of the greedy decoding's steps
     if isinstance(model, models.Forecaster | models.TCNForecaster):
         return (model.horizon,)
     if isinstance(model, models.ResNet) and not model.include_top:
@@ -261,10 +285,18 @@ def test_the_simple_rnn_takes_relu_and_refuses_other_activations():
         models.create("rnn", activation="gelu")
 
 
+# Options of one cell, refused with another where the cell is an option (a tagger's).
+CELL_OPTIONS = {"activation": "rnn", "reset_after": "gru"}
+
+
 @pytest.mark.parametrize("name, options, shape, dtype", CONFIGS, ids=IDS)
 def test_every_listed_option_is_accepted(name, options, shape, dtype):
-    fields = {f.name: f for f in dataclasses.fields(models.create(name, **options))}
+    model = models.create(name, **options)
+    fields = {f.name: f for f in dataclasses.fields(model)}
+    cell = getattr(model, "cell", None)
     for option in models.options(name):
+        if option in CELL_OPTIONS and CELL_OPTIONS[option] != cell:
+            continue
         if fields[option].default is not dataclasses.MISSING:
             models.create(name, **{**options, option: fields[option].default})
 

@@ -5,6 +5,7 @@ import pytest
 
 from zoo import models
 from zoo.data import pad_sequences
+from zoo.layers.recurrent import LSTMState, lstm_cell
 
 
 def test_classifier_with_lengths_matches_each_sequence_alone(key):
@@ -123,6 +124,7 @@ def test_bad_inputs_name_the_expected_shape(key, name, options, x, match):
 def test_registry_knows_each_models_task():
     assert models.task("cnn") == models.task("bigru") == models.task("cnn_lstm") == "classify"
     assert (models.task("charlm"), models.task("forecast")) == ("language", "regress")
+    assert models.task("tagger") == "tag"
 
 
 def test_bad_lengths_and_options(key):
@@ -139,3 +141,52 @@ def test_bad_lengths_and_options(key):
         models.create("gru", input_shape=(4, 2), hidden_sizes=())
     with pytest.raises(ValueError, match="has no option cell"):
         models.create("bilstm", input_shape=(4, 2), cell="gru")
+
+
+def _lstm_over(params, x, reverse=False):
+    """A Python loop of `lstm_cell` over `(B, T, F)`: the outputs `(B, T, H)`."""
+    hidden = params["recurrent_kernel"].shape[0]
+    carry = LSTMState(jnp.zeros((x.shape[0], hidden)), jnp.zeros((x.shape[0], hidden)))
+    outputs = [None] * x.shape[1]
+    for t in reversed(range(x.shape[1])) if reverse else range(x.shape[1]):
+        carry, outputs[t] = lstm_cell(params, carry, x[:, t])
+    return jnp.stack(outputs, axis=1)
+
+
+def test_tagger_is_a_bidirectional_lstm_and_a_dense_layer_at_every_step(key):
+    model = models.create("tagger", vocab_size=7, hidden_sizes=(4,), embed_dim=3, num_classes=5)
+    tokens = np.random.default_rng(0).integers(0, 7, (2, 6))
+    variables = model.init(key, tokens)
+    params = variables["params"]
+    h = params["Embed_0"]["embedding"][tokens]  # (B, T, E)
+    rnn = params["StackedRNN_0"]
+    h = jnp.concatenate(
+        [_lstm_over(rnn["layer_0_forward"], h), _lstm_over(rnn["layer_0_backward"], h, True)], -1
+    )
+    dense = jax.tree.map(np.asarray, params["Dense_0"])
+    expected = np.asarray(h) @ dense["kernel"] + dense["bias"]
+    np.testing.assert_allclose(model.apply(variables, tokens), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_tagger_on_a_padded_batch_tags_each_sequence_as_alone(key):
+    model = models.create("tagger", vocab_size=None, hidden_sizes=(4, 3), num_classes=3)
+    sequences = [np.random.default_rng(i).normal(size=(n, 2)) for i, n in enumerate((5, 2, 4))]
+    x, lengths = pad_sequences(sequences, value=9.0)
+    variables = model.init(key, x)
+    logits = model.apply(variables, x, lengths)  # (3, 5, 3)
+    assert logits.shape == (3, 5, 3)
+    for i, sequence in enumerate(sequences):
+        alone = model.apply(variables, sequence[None].astype(np.float32))[0]
+        np.testing.assert_allclose(logits[i, : len(sequence)], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_tagger_options_and_inputs_are_checked(key):
+    with pytest.raises(ValueError, match=r"input_shape must be \(steps,\) of token ids"):
+        models.create("tagger", vocab_size=5, input_shape=(6, 2))
+    with pytest.raises(ValueError, match=r"or \(steps, features\) without one"):
+        models.create("tagger", vocab_size=None, input_shape=(6,))
+    model = models.create("tagger", vocab_size=5, hidden_sizes=(2,))
+    with pytest.raises(ValueError, match=r"tagger tokens must be in \[0, 5\)"):
+        model.init(key, jnp.array([[1, 5]]))
+    with pytest.raises(ValueError, match="tagger expects integer token ids"):
+        model.init(key, jnp.zeros((1, 3)))

@@ -86,3 +86,18 @@ def test_a_non_finite_batch_is_skipped_and_counted():
     state, _ = train_step(state, good)  # after max_bad_steps in a row, nothing changes
     assert int(state.bad_streak) == 3
     jax.tree.map(np.testing.assert_array_equal, frozen, jax.tree.map(np.array, state.params))
+
+
+def test_a_finished_run_is_refused_before_its_checkpoints_are_opened(tmp_path, monkeypatch):
+    """Opening orbax's manager only to refuse left a metadata write that raised in its thread
+    as train.py exited, a traceback after the one-line refusal."""
+    from zoo.training import checkpoint
+    from zoo.training.workdir import RESULTS, WorkdirError
+
+    (tmp_path / RESULTS).write_text("{}")
+    for step in ("3", "12", "12.orbax-checkpoint-tmp-1"):
+        (tmp_path / checkpoint.CHECKPOINTS / step).mkdir(parents=True)
+    monkeypatch.setattr(checkpoint, "Checkpointer", lambda *a, **k: pytest.fail("opened"))
+    config = TrainConfig(model="cnn")
+    with pytest.raises(WorkdirError, match=r"run \(metrics.json, checkpoints up to step 12\)"):
+        checkpoint.open_checkpoints(str(tmp_path), config, None, False, print)

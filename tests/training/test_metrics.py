@@ -75,3 +75,14 @@ def test_mask_excludes_padding_rows_and_jit_agrees():
 def test_shape_mismatch_is_reported():
     with pytest.raises(ValueError, match=r"must both be \(N,\)"):
         metrics.confusion_matrix(np.zeros(3, int), np.zeros(4, int), 2)
+
+
+def test_majority_tag_accuracy_counts_valid_steps_only():
+    from zoo.data import Split
+
+    train = Split(np.zeros((2, 4)), np.array([[1, 1, 0, 0], [1, 0, 0, 0]]), np.array([3, 2]))
+    test = Split(np.zeros((2, 4)), np.array([[1, 0, 1, 1], [0, 1, 1, 1]]), np.array([4, 1]))
+    # Valid training tags 1, 1, 0, 1, 0: the majority is 1; valid test tags 1, 0, 1, 1, 0.
+    assert metrics.majority_tag_accuracy(train, test) == pytest.approx(3 / 5)
+    unpadded = Split(np.zeros((1, 3)), np.array([[0, 0, 1]]))
+    assert metrics.majority_tag_accuracy(unpadded, test) == pytest.approx(2 / 5)

@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +20,8 @@ from zoo.training.search import (
     trial_config,
 )
 from zoo.training.workdir import WorkdirError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_parse_space_args_reads_lists_ranges_and_tuples():
@@ -159,3 +164,44 @@ def test_accuracy_ranks_higher_first_and_failed_trials_last():
     summary = summarize("grid", parse_space({"seed": [0, 1, 2]}), results)
     assert [t["trial"] for t in summary["trials"]] == [2, 0, 1]
     assert summary["best"]["trial"] == 2 and summary["higher_is_better"]
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_study_and_run_each_grid_point_once(tmp_path):
+    """Issue 22: two `train.py search` processes on one SQLite file run a 2x2 grid together."""
+    pytest.importorskip("optuna")
+    pytest.importorskip("statsmodels")
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        "search",
+        "--model", "forecast", "--epochs", "1", "--quiet",
+        "--space", "lr=1e-3,3e-3", "--space", "batch_size=16,32",
+        "--storage", f"sqlite:///{tmp_path / 'study.db'}", "--study", "grid",
+        "--out", str(tmp_path / "search"),
+    ]  # fmt: skip
+    workers = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for worker in workers:
+        _, errors = worker.communicate(timeout=300)
+        assert worker.returncode == 0, errors
+    trials = json.loads((tmp_path / "search" / "search.json").read_text())["trials"]
+    points = sorted((t["params"]["learning_rate"], t["params"]["batch_size"]) for t in trials)
+    assert points == [(1e-3, 16), (1e-3, 32), (3e-3, 16), (3e-3, 32)]  # each once
+    assert sorted(t["trial"] for t in trials) == [0, 1, 2, 3]
+    for trial in trials:  # each in its own directory, its value that run's
+        metrics = json.loads(
+            (tmp_path / "search" / f"trial_{trial['trial']:03d}" / "metrics.json").read_text()
+        )
+        assert metrics["monitor_value"] == trial["value"]
+    # Another search under the same study name is refused, naming what differs.
+    other = [*command[:-2], "--out", str(tmp_path / "other")]
+    other[other.index("lr=1e-3,3e-3")] = "lr=1e-2,3e-3"
+    refused = subprocess.run(other, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "belongs to another search (space differ)" in refused.stderr
+
+
+def test_a_shared_search_needs_storage_and_study(tmp_path):
+    base = TrainConfig(model="cnn")
+    space = parse_space({"learning_rate": [1e-3]})
+    with pytest.raises(ConfigError, match="needs both storage and study"):
+        run_search(base, space, str(tmp_path), storage="sqlite:///x.db", log=lambda _: None)

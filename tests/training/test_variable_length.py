@@ -45,15 +45,20 @@ CASES = {
         lambda rng: rng.integers(0, 11, (4, STEPS)),
         lambda rng: rng.integers(0, 11, (4, STEPS)),
     ),
+    "tagger": (
+        lambda rng: rng.integers(0, 11, (4, STEPS)),
+        lambda rng: rng.integers(0, 3, (4, STEPS)),
+    ),
 }
 OPTIONS = {
     "gru": {"num_classes": 3, "hidden_sizes": (6,), "input_shape": (None, 3)},
     "bilstm": {"num_classes": 3, "hidden_sizes": (6,), "input_shape": (None, 3)},
     "charlm": {"num_classes": 11, "hidden_sizes": (6,), "embed_dim": 4},
+    "tagger": {"vocab_size": 11, "num_classes": 3, "hidden_sizes": (6,), "embed_dim": 4},
 }
 
 
-@pytest.mark.parametrize("name", ["gru", "charlm"])
+@pytest.mark.parametrize("name", ["gru", "charlm", "tagger"])
 def test_padding_values_change_neither_the_loss_nor_the_gradient(name):
     rng = np.random.default_rng(0)
     make_x, make_y = CASES[name]

@@ -8,7 +8,13 @@ from zoo.data.arrays import load_arrays, read_jsonl, read_npz
 from zoo.data.batching import Batch, batches, epoch_order, num_batches
 from zoo.data.digits import load_digits
 from zoo.data.mnist import load_mnist, read_idx
-from zoo.data.sequences import load_digits_sequences, load_digits_strips, pad_sequences
+from zoo.data.numbers import load_numbers
+from zoo.data.sequences import (
+    load_digits_moving,
+    load_digits_sequences,
+    load_digits_strips,
+    pad_sequences,
+)
 from zoo.data.series import MISSING, load_csv_series, load_series, naive_forecast_mse
 from zoo.data.splits import (
     RECONSTRUCTION_TASKS,
@@ -19,7 +25,12 @@ from zoo.data.splits import (
     split_by_seed,
     split_sizes,
 )
-from zoo.data.text import load_text, load_text_file
+from zoo.data.text import (
+    load_text,
+    load_text_file,
+    load_word_boundaries,
+    load_word_boundaries_file,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,12 +60,19 @@ def _text(seed, path=None, **_):
     return load_text() if path is None else load_text_file(path)
 
 
+def _words(seed, path=None, **_):
+    return load_word_boundaries() if path is None else load_word_boundaries_file(path)
+
+
 SOURCES: dict[str, Source] = {
     "digits": _bundled(lambda seed: load_digits(seed=seed)),
     "digits-seq": _bundled(lambda seed: load_digits_sequences(seed=seed)),
     "digits-strips": _bundled(lambda seed: load_digits_strips(seed=seed)),
+    "digits-moving": _bundled(lambda seed: load_digits_moving(seed=seed)),
     "series": _bundled(lambda seed: load_series()),
+    "numbers": _bundled(lambda seed: load_numbers(seed=seed)),
     "text": Source(_text, "a UTF-8 text file (default: the bundled pydoc text)", False),
+    "words": Source(_words, "a UTF-8 text file (default: the bundled pydoc text)", False),
     "mnist": Source(lambda seed, path, **_: load_mnist(path, seed=seed), "mnist.npz or IDX files"),
     "images": Source(
         lambda seed, path, task=None, **options: load_image_folder(path, seed=seed, **options),
@@ -107,7 +125,7 @@ def load(
     """Loads dataset `name` (`path` for those that read a file or folder).
 
     `seed` fixes the split where a dataset is split at random (digits, images, arrays, the MNIST
-    validation); `text`, `series` and `csv` are split by position, the same for every seed.
+    validation); `text`, `words`, `series` and `csv` are split by position, the same for every seed.
     `task` tells `arrays` what its `y` holds (the model's task; default 'classify'). `options`
     are the dataset's own (`SOURCES[name].options`); None means not given.
     """
@@ -128,6 +146,8 @@ __all__ = [
     "load_csv_series",
     "load_image_folder",
     "load_text_file",
+    "load_word_boundaries",
+    "load_word_boundaries_file",
     "read_jsonl",
     "read_npz",
     "Batch",
@@ -139,7 +159,9 @@ __all__ = [
     "load_digits",
     "load_digits_sequences",
     "load_digits_strips",
+    "load_digits_moving",
     "load_mnist",
+    "load_numbers",
     "load_series",
     "load_text",
     "map_splits",

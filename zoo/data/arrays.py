@@ -7,9 +7,10 @@ has one `{"x": ..., "y": ...}` object per line; sequences of different lengths a
 end and their `lengths` kept.
 
 What `y` must be follows the model's task: integer class labels `(N,)` ('classify'; the classes
-are `0..max(y)`), integer next tokens `(N, T)` with integer `x` ('language'), or real targets
-`(N,)` or `(N, D)` ('regress'); for a model that reconstructs its input ('reconstruct', 'vae')
-`y` may be left out, and is ignored.
+are `0..max(y)`), integer next tokens `(N, T)` with integer `x` ('language'), integer tags
+`(N, T)` of features `x (N, T, F)` ('tag'; ragged JSON lines give each step's tag), or real
+targets `(N,)` or `(N, D)` ('regress'); for a model that reconstructs its input ('reconstruct',
+'vae') `y` may be left out, and is ignored.
 """
 
 import json
@@ -121,6 +122,15 @@ def read_jsonl(path: str) -> dict[str, np.ndarray]:
         if len(lengths) == 1:
             return {"x": np.asarray(xs), "y": np.asarray(ys)}
         x, length = pad_sequences(xs, dtype=np.result_type(*map(np.asarray, xs)))
+        if all(isinstance(y, list) for y in ys):  # a tag per step
+            y, y_length = pad_sequences(ys, dtype=np.result_type(*map(np.asarray, ys)))
+            if not np.array_equal(length, y_length):
+                row = int(np.argmax(length != y_length))
+                raise DataError(
+                    f"{path}: example {row + 1} has {length[row]} steps of x but "
+                    f"{y_length[row]} of y"
+                )
+            return {"x": x, "y": y, "lengths": length}
         return {"x": x, "y": np.asarray(ys), "lengths": length}
     except (TypeError, ValueError) as error:
         raise DataError(
@@ -146,6 +156,11 @@ def _split(path: str, arrays: dict[str, np.ndarray], suffix: str, task: str) -> 
         y = y.reshape(len(y), -1).astype(np.float32)
     else:
         y = _labels(path, f"y{suffix}", y)
+    if task == "tag" and (x.ndim != 3 or y.shape != x.shape[:2]):
+        raise DataError(
+            f"{path}: a tagger takes x{suffix} of shape (N, steps, features) and y{suffix} of "
+            f"(N, steps), one tag per step; got {x.shape} and {y.shape}"
+        )
     if task == "language":
         x = _labels(path, f"x{suffix}", x)
     else:

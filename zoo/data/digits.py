@@ -43,7 +43,8 @@ def load_digits(
     Args:
       seed: fixes the train/validation/test split.
       image_size: side of the (bilinearly) resized images; 8 keeps the originals.
-      validation, test: fractions of the 1,797 images held out.
+      validation: the fraction of the 1,797 images held out for validation.
+      test: the fraction held out for testing.
     """
     pixels, labels = read_digits()
     images = (pixels / 16.0).astype(np.float32)[..., None]  # (N, 8, 8, 1)

@@ -151,8 +151,9 @@ def load_image_folder(
       channels: 1 (grayscale) or 3 (RGB); None: 1 if every image is grayscale, else 3.
       skip_bad_files: skip files that do not decode (and report them to `log`) instead of
         failing on the first.
-      validation, test: fractions held out in the class-folder layout; ignored when the folder
-        holds `train/` (a missing `val/` or `test/` folder gives an empty split).
+      validation: the fraction held out for validation in the class-folder layout; ignored
+        when the folder holds `train/` (a missing `val/` folder gives an empty split).
+      test: the same for testing (`test/`).
       cache_dir: directory for the decoded images and the load-time check; None: no cache.
       workers: threads that decode images; 0 decodes in the calling thread.
       log: called with a one-line message when bad files were skipped.

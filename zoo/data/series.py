@@ -70,7 +70,7 @@ def load_csv_series(
     column: str | None = None,
     time_column: str | None = None,
     missing: str = "error",
-    **options,
+    **options: float,
 ) -> Dataset:
     """`load_series` on one numeric column of a CSV file with a header row.
 
@@ -81,7 +81,7 @@ def load_csv_series(
       missing: what empty or NaN cells do: 'error' (names the first one's line), 'interpolate'
         (linearly between neighbours, the nearest value at the ends), 'ffill' (the last value
         before; leading gaps are dropped) or 'drop' (the rows go).
-      options: `window`, `horizon`, `validation`, `test` as for `load_series`.
+      **options: `window`, `horizon`, `validation`, `test` as for `load_series`.
     """
     values = load_csv_values(path, column=column, time_column=time_column, missing=missing)
     try:

@@ -33,9 +33,10 @@ class Dataset(NamedTuple):
     """Train/validation/test splits plus what a model needs to know about them.
 
     `num_classes` is the model's output width: classes, vocabulary size, or forecast horizon.
-    `vocab` maps token ids to characters for language datasets, `class_names` names a
-    classifier's classes, and `stats` holds what was fitted on the training split to prepare the
-    inputs (a series' `mean` and `std`): what a trained model needs to be used on new data.
+    `vocab` maps token ids to characters for language datasets (to source tokens for seq2seq
+    ones), `class_names` names a classifier's classes (a seq2seq dataset's target tokens), and
+    `stats` holds what was fitted on the training split to prepare the inputs (a series' `mean`
+    and `std`): what a trained model needs to be used on new data.
     """
 
     train: Split
@@ -43,7 +44,7 @@ class Dataset(NamedTuple):
     test: Split
     num_classes: int
     task: str = "classify"
-    vocab: str | None = None
+    vocab: str | tuple[str, ...] | None = None
     class_names: tuple[str, ...] | None = None
     stats: dict[str, float] | None = None
 

@@ -25,10 +25,12 @@ from zoo.models.autoencoder import (
     reconstruct,
 )
 from zoo.models.cnn import ConvNet, SeedCNN
+from zoo.models.convlstm import ConvLSTMClassifier
 from zoo.models.lenet import LeNet5
 from zoo.models.mobilenet import MobileNetV2
 from zoo.models.resnet import ResNet
-from zoo.models.rnn import CNNLSTM, CharLM, Forecaster, RNNClassifier, sample
+from zoo.models.rnn import CNNLSTM, CharLM, Forecaster, RNNClassifier, Tagger, sample
+from zoo.models.seq2seq import Seq2Seq, beam_search, greedy_decode
 from zoo.models.tcn import TCN, TCNForecaster
 from zoo.models.vgg import VGG
 
@@ -41,11 +43,14 @@ _MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "gru": (RNNClassifier, {"cell": "gru"}),
     "bilstm": (RNNClassifier, {"cell": "lstm", "bidirectional": True}),
     "bigru": (RNNClassifier, {"cell": "gru", "bidirectional": True}),
+    "tagger": (Tagger, {}),
     "charlm": (CharLM, {}),
     "cnn_lstm": (CNNLSTM, {}),
+    "convlstm": (ConvLSTMClassifier, {}),
     "forecast": (Forecaster, {}),
     "tcn": (TCN, {}),
     "tcn_forecast": (TCNForecaster, {}),
+    "seq2seq": (Seq2Seq, {}),
     "lenet5": (LeNet5, {}),
     "lenet5_relu": (LeNet5, {"activation": "relu", "pool": "max"}),
     "vgg11": (VGG, {"depth": 11}),
@@ -71,8 +76,10 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "gru": {"input_shape": (28, 28)},
     "bilstm": {"input_shape": (28, 28)},
     "bigru": {"input_shape": (28, 28)},
+    "tagger": {"vocab_size": 102, "bidirectional": True},  # words: the text's characters
     "charlm": {"num_classes": 104},  # the bundled text's characters and the unknown symbol
     "cnn_lstm": {"input_shape": (4, 7, 28, 1)},  # digits-strips
+    "convlstm": {"input_shape": (8, 16, 16, 1)},  # digits-moving
     "forecast": {"input_shape": (24, 1)},  # series: 24 months
     "resnet20": {
         "input_shape": (32, 32, 3),
@@ -92,20 +99,22 @@ _ONLY_WITH: dict[str, tuple[str, Any]] = {
     "activation": ("cell", "rnn"),
 }
 
-# What each model's output is for: logits over classes, logits at every step, real values, or a
-# reconstruction of its input.
+# What each model's output is for: logits over classes, over tags or the next token at every
+# step, real values, or a reconstruction of its input.
 _TASKS: dict[type[nn.Module], str] = {
     CharLM: "language",
+    Tagger: "tag",
     Forecaster: "regress",
     TCNForecaster: "regress",
+    Seq2Seq: "seq2seq",  # target sequences: logits per target step
     ConvAutoencoder: "reconstruct",  # its input: mean squared error
     VAE: "vae",  # its input: the negative ELBO
 }
 
 
 def task(name: str) -> str:
-    """'classify', 'language', 'regress', 'reconstruct' or 'vae': the kind of dataset model
-    `name` trains on (the last two: any images, their labels unused)."""
+    """'classify', 'tag', 'language', 'seq2seq', 'regress', 'reconstruct' or 'vae': the kind
+    of dataset model `name` trains on (the last two: any images, their labels unused)."""
     return _TASKS.get(_lookup(name)[0], "classify")
 
 
@@ -181,13 +190,21 @@ def create(name: str, **opts) -> nn.Module:
 
 def example_input(name: str, batch_size: int = 2, seed: int = 0, **opts) -> jax.Array:
     """A batch that `create(name, **opts)` takes: `(batch_size, *input_shape)` standard normal
-    floats, or token ids below `num_classes` for a language model (16 steps, as for any axis of
-    free length)."""
+    floats, or token ids below the vocabulary's size for a model that embeds them (16 steps, as
+    for any axis of free length)."""
     model = create(name, **opts)
     key = jax.random.key(seed)
     if task(name) == "language":
         return jax.random.randint(key, (batch_size, 16), 0, model.num_classes)
-    shape = tuple(16 if size is None else size for size in model.input_shape)
+    if task(name) == "seq2seq":  # source ids, none of them PAD, BOS or EOS
+        return jax.random.randint(key, (batch_size, 16), 3, model.vocab_size)
+    vocab_size = getattr(model, "vocab_size", None)
+    input_shape = model.input_shape or ((None,) if vocab_size else None)
+    if input_shape is None:
+        raise ValueError(f"model {name!r} takes inputs of any shape: give input_shape")
+    shape = tuple(16 if size is None else size for size in input_shape)
+    if vocab_size is not None:
+        return jax.random.randint(key, (batch_size, *shape), 0, vocab_size)
     return jax.random.normal(key, (batch_size, *shape))
 
 
@@ -222,11 +239,14 @@ __all__ = [
     "CNNLSTM",
     "CharLM",
     "ConvAutoencoder",
+    "ConvLSTMClassifier",
     "ConvNet",
     "Forecaster",
     "RNNClassifier",
     "SeedCNN",
+    "Seq2Seq",
     "TCN",
+    "Tagger",
     "TCNForecaster",
     "LeNet5",
     "MobileNetV2",
@@ -242,6 +262,8 @@ __all__ = [
     "names",
     "options",
     "reconstruct",
+    "beam_search",
+    "greedy_decode",
     "sample",
     "task",
 ]

@@ -47,7 +47,8 @@ def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:
         KL = 1/2 * sum_j (exp(logvar_j) + mean_j^2 - 1 - logvar_j)
 
     Args:
-      mean, logvar: `(..., latent_dim)`.
+      mean: `(..., latent_dim)`.
+      logvar: `(..., latent_dim)`, the log variances.
 
     Returns:
       `(...)`.

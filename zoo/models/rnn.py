@@ -1,4 +1,5 @@
-"""Recurrent models: sequence classifiers, a character language model, CNN+LSTM, a forecaster.
+"""Recurrent models: sequence classifiers, a per-step tagger, a character language model,
+CNN+LSTM, a forecaster.
 
 All take batch-first input and optional `lengths` `(B,)` for right-padded sequences:
 
@@ -32,7 +33,7 @@ def _check_options(
         raise ValueError(f"hidden_sizes must be positive, got {hidden_sizes}")
 
 
-def _check_token_ids(tokens: jax.Array, vocab_size: int) -> None:
+def _check_token_ids(tokens: jax.Array, vocab_size: int, model: str = "charlm") -> None:
     """Rejects concrete ids outside `[0, vocab_size)`: `nn.Embed` would give NaN for them.
 
     Traced ids are not known until run time, so under `jit` this checks nothing.
@@ -45,7 +46,7 @@ def _check_token_ids(tokens: jax.Array, vocab_size: int) -> None:
     low, high = int(tokens.min()), int(tokens.max())
     if low < 0 or high >= vocab_size:
         raise ValueError(
-            f"charlm tokens must be in [0, {vocab_size}) (the vocabulary size), "
+            f"{model} tokens must be in [0, {vocab_size}) (the vocabulary size), "
             f"found ids {low}..{high}"
         )
 
@@ -179,6 +180,85 @@ class CharLM(nn.Module):
         logits = nn.Dense(self.num_classes, **dtypes(self))(h)  # (B, T, V)
         logits = logits.reshape(*batch, *logits.shape[1:])
         return (logits, states) if return_states else logits
+
+
+class Tagger(nn.Module):
+    """Per-step classifier: the source documents' first LSTM model, LSTM(128,
+    return_sequences=True) - LSTM(128, return_sequences=True) - Dense(classes) at every step.
+
+    Takes token ids `(*batch, T)` when it has a `vocab_size` (embedded first), or features
+    `(*batch, T, F)` without one; `lengths` `(B,)`
+    mark right-padded sequences (a valid step never sees the padding, in either direction, and
+    the loss masks the padded steps). Returns logits `(*batch, T, num_classes)`.
+
+    Registered as `tagger`, bidirectional, on its bundled task (`--dataset words`: where each
+    word of a line without spaces ends, which depends on the characters after it).
+
+    Attributes:
+      num_classes: tags per step.
+      vocab_size: token ids' range, for token input; None for feature input.
+      input_shape: `(steps,)` of token ids or `(steps, features)`, steps None for any; None
+        (the default): any steps, and any features.
+      embed_dim: of the token embedding.
+      cell: 'rnn', 'lstm' or 'gru'; the other recurrent options are `RNNClassifier`'s.
+    """
+
+    num_classes: int = 2
+    vocab_size: int | None = None
+    input_shape: Sequence[int | None] | None = None
+    embed_dim: int = 32
+    cell: str = "lstm"
+    hidden_sizes: Sequence[int] = (128, 128)
+    activation: str = "tanh"
+    bidirectional: bool = False
+    dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    reset_after: bool = True
+    unroll: int = 1
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        _check_options(self.cell, self.dropout, self.hidden_sizes, self.recurrent_dropout)
+        check_cell(self.cell, self.activation)
+        tokens = self.vocab_size is not None
+        if self.input_shape is not None and len(self.input_shape) != (1 if tokens else 2):
+            raise ValueError(
+                f"tagger input_shape must be (steps,) of token ids with a vocab_size, or "
+                f"(steps, features) without one; got {tuple(self.input_shape)} with "
+                f"vocab_size={self.vocab_size}"
+            )
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, lengths: jax.Array | None = None, *, train: bool = False
+    ) -> jax.Array:
+        input_shape = self.input_shape or ((None,) if self.vocab_size else (None, x.shape[-1]))
+        batch = batch_shape(x, input_shape)
+        if self.vocab_size is None:
+            h = check_input(x, input_shape, "tagger")  # (B, T, F)
+        else:
+            tokens = check_input(x, input_shape, "tagger", tokens=True)  # (B, T)
+            _check_token_ids(tokens, self.vocab_size, "tagger")
+            h = nn.Embed(self.vocab_size, self.embed_dim, **dtypes(self))(tokens)  # (B, T, E)
+        rnn = StackedRNN(
+            self.cell,
+            self.hidden_sizes,
+            self.bidirectional,
+            return_sequences=True,
+            reset_after=self.reset_after,
+            dropout=self.dropout,
+            recurrent_dropout=self.recurrent_dropout,
+            unroll=self.unroll,
+            activation=self.activation,
+            **dtypes(self),
+        )
+        h, _ = rnn(h, _flat_lengths(lengths, batch), train=train)  # (B, T, H or 2H)
+        if self.dropout:
+            h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        logits = nn.Dense(self.num_classes, **dtypes(self))(h)  # (B, T, K)
+        return logits.reshape(*batch, *logits.shape[1:])
 
 
 def sample(

@@ -283,15 +283,17 @@ def open_checkpoints(
         return Checkpointer(workdir, keep=config.keep_checkpoints, monitor=monitor)
 
     results = finished_run(workdir)
-    checkpoints = create()
-    steps = checkpoints.steps()
     if results and not resume and not overwrite:
-        checkpoints.close()
+        # Refused before orbax opens the directory: a manager closed at once can leave a
+        # metadata write behind that raises in its thread as the process exits.
+        steps = _step_directories(workdir)
         saved = f", checkpoints up to step {steps[-1]}" if steps else ""
         raise WorkdirError(
             f"{os.path.abspath(workdir)} holds a finished run ({os.path.basename(results)}"
             f"{saved}); pass --overwrite to replace it, or choose another --out"
         )
+    checkpoints = create()
+    steps = checkpoints.steps()
     if resume or not steps:
         return checkpoints, resume
     try:
@@ -320,6 +322,13 @@ def open_checkpoints(
             os.remove(results)
     sync_processes("zoo: replaced run's checkpoints removed")
     return create(), False
+
+
+def _step_directories(workdir: str) -> list[int]:
+    """The steps of the checkpoint directories in `workdir`, read from their names alone."""
+    directory = os.path.join(workdir, CHECKPOINTS)
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    return sorted(int(name) for name in names if name.isdigit())
 
 
 def saved_config(workdir: str) -> dict[str, Any] | None:

@@ -8,7 +8,9 @@ from zoo.training.config import MONITORS, ConfigError
 # The validation metrics `evaluate` reports for each task.
 TASK_MONITORS = {
     "classify": ("val_loss", "val_accuracy", "val_macro_f1"),
+    "tag": ("val_loss", "val_accuracy"),
     "language": ("val_loss", "val_accuracy", "val_bpc"),
+    "seq2seq": ("val_loss", "val_accuracy", "val_exact_match"),
     "regress": ("val_loss", "val_mse"),
     "reconstruct": ("val_loss", "val_mse"),
     "vae": ("val_loss", "val_elbo", "val_mse"),
@@ -16,7 +18,7 @@ TASK_MONITORS = {
 
 
 def default_monitor(task: str) -> str:
-    return "val_accuracy" if task == "classify" else "val_loss"
+    return "val_accuracy" if task in ("classify", "tag") else "val_loss"
 
 
 def check_monitor(monitor: str, task: str) -> None:

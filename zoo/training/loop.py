@@ -15,17 +15,25 @@ import numpy as np
 
 from zoo import data, models
 from zoo.data.splits import RECONSTRUCTION_TASKS, Dataset, Split
+from zoo.models.seq2seq import EOS
 from zoo.training import parallel as parallel_lib
 from zoo.training import plots
+from zoo.training import tensorboard as tensorboard_lib
 from zoo.training import workdir as workdir_lib
 from zoo.training.checkpoint import Checkpointer, TerminationGuard, open_checkpoints, versions
 from zoo.training.config import ConfigError, TrainConfig
 from zoo.training.early_stopping import EarlyStopping, check_monitor, default_monitor
-from zoo.training.metrics import evaluate, mean_image_mse
+from zoo.training.metrics import evaluate, majority_tag_accuracy, mean_image_mse
 from zoo.training.parallel import DataParallel, prefetch
 from zoo.training.precision import LossScale
 from zoo.training.progress import EpochProgress, on_terminal
-from zoo.training.state import TrainState, build_model, create_train_state, initialize_from
+from zoo.training.state import (
+    TrainState,
+    build_model,
+    create_schedule,
+    create_train_state,
+    initialize_from,
+)
 from zoo.training.steps import summarize_metrics
 
 
@@ -55,7 +63,8 @@ def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
             f"examples of {config.dataset!r}"
         )
     for name, split in dataset._asdict().items():
-        if isinstance(split, Split) and len(split.y) and dataset.task in ("classify", "language"):
+        labelled = dataset.task in ("classify", "tag", "language", "seq2seq")
+        if isinstance(split, Split) and len(split.y) and labelled:
             low, high = int(split.y.min()), int(split.y.max())
             if low < 0 or high >= dataset.num_classes:
                 raise ConfigError(
@@ -118,6 +127,7 @@ def train_and_evaluate(
     parallel: str | DataParallel = "sharding",
     overwrite: bool = False,
     dataset: Dataset | None = None,
+    tensorboard: bool = False,
 ) -> dict[str, Any]:
     """Trains `config.model` on `config.dataset`, evaluates on the test split, writes metrics.
 
@@ -125,8 +135,11 @@ def train_and_evaluate(
     `workdir/checkpoints` (every `config.checkpoint_every` steps and at every epoch's end),
     `workdir/metrics.json` (the returned summary) and with `plot` `curves.png` and
     `confusion.png` (a classifier's), or `reconstructions.png` (test inputs above their
-    reconstructions) and for a VAE `samples.png` (decoded from its prior). With early stopping
+    reconstructions) and for a VAE `samples.png` (decoded from its prior), or a seq2seq model's
+    `attention.png` (its greedy decoder's attention on test examples). With early stopping
     (`config.patience`) the test metrics are those of the best validation epoch's parameters.
+    With `tensorboard`, each epoch's scalars also go to `workdir/tensorboard`
+    (`zoo.training.tensorboard`).
 
     Args:
       log: where progress lines go.
@@ -159,6 +172,8 @@ def train_and_evaluate(
         raise ConfigError(f"stop_after_steps must be >= 1, got {stop_after_steps}")
     if plot:
         plots.require_matplotlib()
+    if tensorboard:
+        tensorboard_lib.require_tensorboardx()
     with workdir_lib.claim(workdir):
         return _train_and_evaluate(
             config,
@@ -172,6 +187,7 @@ def train_and_evaluate(
             stop_after_steps,
             parallel,
             overwrite,
+            tensorboard,
         )
 
 
@@ -239,6 +255,7 @@ def _train_and_evaluate(
     stop_after_steps,
     parallel,
     overwrite,
+    tensorboard,
 ) -> dict[str, Any]:
     if dataset is None:
         dataset = load_dataset(config, workdir, log)
@@ -282,6 +299,7 @@ def _train_and_evaluate(
     if primary:
         write_json(os.path.join(workdir, "dataset.json"), describe_dataset(config, dataset))
     run = RunState(state, layout, stopper=EarlyStopping(monitor, config.patience, config.min_delta))
+    events = None
     if config.patience is not None:
         run.best = _snapshot(state)
     try:
@@ -291,6 +309,9 @@ def _train_and_evaluate(
         history_path = os.path.join(workdir, "metrics.jsonl")
         if primary:
             write_jsonl(history_path, run.history)
+        if tensorboard and primary:
+            events = tensorboard_lib.ScalarWriter(workdir, resumed_at=run.step)
+            schedule = create_schedule(config, steps_per_epoch)
         start = time.perf_counter()
         with TerminationGuard() as guard:
             if stop_after_steps is not None:
@@ -316,6 +337,8 @@ def _train_and_evaluate(
                 run.history.append(record)
                 if primary:
                     append_jsonl(history_path, record)
+                if events is not None:  # the rate of the epoch's last step
+                    events.write(record, run.step, float(schedule(max(run.step - 1, 0))))
                 shown = " | ".join(
                     f"{k} {v:.4f}"
                     for k, v in record.items()
@@ -337,6 +360,8 @@ def _train_and_evaluate(
         train_seconds = time.perf_counter() - start
     finally:
         checkpoints.close()
+        if events is not None:
+            events.close()
     state = run.state
     restored = run.best is not None and run.stopper.best_epoch > 0
     if restored:
@@ -346,6 +371,8 @@ def _train_and_evaluate(
     test = {f"test_{k}": v for k, v in test_metrics.items()}
     if dataset.task == "regress":
         test["naive_mse"] = data.naive_forecast_mse(dataset.test)
+    if dataset.task == "tag":
+        test["majority_accuracy"] = majority_tag_accuracy(dataset.train, dataset.test)
     if dataset.task in RECONSTRUCTION_TASKS:
         test["mean_image_mse"] = mean_image_mse(dataset.train, dataset.test)
     log("test | " + " | ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)))
@@ -387,6 +414,8 @@ def _train_and_evaluate(
         if dataset.task in RECONSTRUCTION_TASKS and len(dataset.test.x):
             variables = layout.fetch({"params": state.params, "batch_stats": state.batch_stats})
             plot_images(model, variables, dataset.test, config.seed, workdir)
+        if dataset.task == "seq2seq" and len(dataset.test.x):
+            plot_attention(model, layout.fetch({"params": state.params}), dataset, workdir)
     return results
 
 
@@ -400,6 +429,27 @@ def plot_images(model, variables: dict[str, Any], test: Split, seed: int, workdi
     if isinstance(model, models.VAE):
         samples = models.generate(model, variables, jax.random.key(seed), 64)
         plots.plot_samples(np.asarray(samples), os.path.join(workdir, "samples.png"))
+
+
+def plot_attention(model, variables: dict[str, Any], dataset: Dataset, workdir: str) -> None:
+    """`attention.png`: the greedy decoder's attention over the first 4 test sources, labelled
+    with the dataset's source and target tokens (ids where it names none)."""
+    test = dataset.test
+    rows = np.arange(min(4, len(test.x)))
+    x = np.asarray(test.x[rows])
+    lengths = None if test.lengths is None else np.asarray(test.lengths[rows])
+    tokens, weights = models.greedy_decode(model, variables, x, lengths, max_length=test.y.shape[1])
+    source_names = dataset.vocab or [str(i) for i in range(model.vocab_size)]
+    target_names = dataset.class_names or [str(i) for i in range(dataset.num_classes)]
+    grids, sources, outputs = [], [], []
+    for row, decoded in enumerate(np.asarray(tokens)):
+        steps = x.shape[1] if lengths is None else int(lengths[row])
+        ended = np.flatnonzero(decoded == EOS)
+        count = int(ended[0]) + 1 if len(ended) else len(decoded)  # up to and including EOS
+        grids.append(np.asarray(weights[row, :count, :steps], np.float32))
+        sources.append([source_names[i] for i in x[row, :steps]])
+        outputs.append([target_names[i] for i in decoded[:count]])
+    plots.plot_attention(grids, sources, outputs, os.path.join(workdir, "attention.png"))
 
 
 @dataclasses.dataclass

@@ -75,10 +75,13 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics of `state` on every example of `split`, by task.
 
-    'classify': loss, accuracy, macro_f1, confusion_matrix; 'language': loss (nats per token),
-    accuracy and bpc (bits per character); 'regress' and 'reconstruct': loss, the mean squared
-    error (per target value or pixel); 'vae': loss (the negative ELBO), elbo, its kl and
-    reconstruction (`-log p(x|z)`) terms, in nats per example, and the pixels' mse.
+    'classify': loss, accuracy, macro_f1, confusion_matrix; 'tag': loss and accuracy per valid
+    step; 'language': loss (nats per token), accuracy and bpc (bits per character); 'regress'
+    and 'reconstruct': loss, the mean squared error (per target value or pixel); 'vae': loss
+    (the negative ELBO), elbo, its kl and reconstruction (`-log p(x|z)`) terms, in nats per
+    example, and the pixels' mse. 'seq2seq':
+    loss and accuracy per target token (EOS included, the PAD after it not), and exact_match,
+    the fraction of sequences whose greedy decoding is the target up to and including EOS.
 
     `layout`: how `state` lies on devices (default: one device).
     """
@@ -96,7 +99,11 @@ def evaluate(
         return summary | {"elbo": -summary["loss"]}
     if state.task == "language":
         return summary | {"bpc": summary["loss"] / math.log(2)}
+    if state.task == "tag":
+        return summary
     predictions = np.concatenate(fetch_replicated(predictions))[: len(split.y)]
+    if state.task == "seq2seq":
+        return summary | {"exact_match": exact_match(split.y, predictions)}
     confusion = np.asarray(confusion_matrix(split.y, predictions, num_classes))
     return {
         "loss": summary["loss"],
@@ -104,6 +111,31 @@ def evaluate(
         "macro_f1": float(macro_f1_from_confusion(confusion)),
         "confusion_matrix": confusion.tolist(),
     }
+
+
+def exact_match(targets: np.ndarray, decoded: np.ndarray) -> float:
+    """The fraction of rows of `decoded` `(N, T)` equal to `targets` `(N, T)` at every step:
+    both hold PAD after EOS, so a row matches when its tokens up to and including EOS do."""
+    targets, decoded = np.asarray(targets), np.asarray(decoded)
+    if targets.shape != decoded.shape:
+        raise ValueError(f"targets {targets.shape} and decoded {decoded.shape} must match")
+    return float(np.mean(np.all(targets == decoded, axis=1))) if len(targets) else 0.0
+
+
+def majority_tag_accuracy(train: Split, test: Split) -> float:
+    """The accuracy on `test`'s valid steps of tagging every step with the tag most frequent in
+    `train`: what a tagger that ignores its input reaches at best (on `train`)."""
+
+    def valid_tags(split: Split) -> np.ndarray:
+        y = np.asarray(split.y)
+        if split.lengths is None:
+            return y.ravel()
+        return y[np.arange(y.shape[1])[None, :] < np.asarray(split.lengths)[:, None]]
+
+    train_tags, test_tags = valid_tags(train), valid_tags(test)
+    if not train_tags.size or not test_tags.size:
+        return 0.0
+    return float(np.mean(test_tags == np.bincount(train_tags).argmax()))
 
 
 def mean_image_mse(train: Split, test: Split, chunk: int = 1024) -> float:

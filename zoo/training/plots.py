@@ -1,5 +1,5 @@
-"""`--plot`: training curves, the test confusion matrix, and an autoencoder's reconstructions and
-samples as PNG files (needs matplotlib)."""
+"""`--plot`: training curves, the test confusion matrix, an autoencoder's reconstructions and
+samples, and a seq2seq model's attention as PNG files (needs matplotlib)."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -118,3 +118,26 @@ def plot_samples(samples: np.ndarray, path: str) -> None:
     """Images `(N, H, W, C)` in [0, 1] decoded from a model's prior, in a square-ish grid."""
     columns = int(np.ceil(np.sqrt(len(samples))))
     _show_grid(image_grid(samples, columns), "samples from the prior", path)
+
+
+def plot_attention(
+    weights: Sequence[np.ndarray],
+    sources: Sequence[Sequence[str]],
+    outputs: Sequence[Sequence[str]],
+    path: str,
+) -> None:
+    """One heat map per example of a decoder's attention weights `(outputs, sources)`: a row
+    per output token, a column per source token, each row summing to 1."""
+    plt = _pyplot()
+    count = len(weights)
+    fig, axes = plt.subplots(1, count, figsize=(2.6 * count, 3.2), squeeze=False)
+    for ax, grid, source, output in zip(axes[0], weights, sources, outputs, strict=True):
+        ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_xticks(range(len(source)), source)
+        ax.set_yticks(range(len(output)), output, fontsize=8)
+        ax.set_xlabel("source")
+    axes[0][0].set_ylabel("decoded")
+    fig.suptitle("attention of the greedy decoder (test examples)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

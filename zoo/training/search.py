@@ -9,6 +9,14 @@ On the command line the same is `learning_rate=loguniform(1e-4,1e-2) batch_size=
 takes lists only; random and TPE sample ranges too. Trials are ranked by the validation metric of
 the parameters each run ends with (`metrics.json`'s `monitor`), and `DIR/search.json` is rewritten
 after every trial, so an interrupted search keeps what it finished.
+
+With `storage` (an optuna RDB URL: `sqlite:///study.db` for the processes of one machine, a
+PostgreSQL URL for many hosts) and a study name, the search is one optuna study that any number of
+processes started with the same command share: each takes the next trial number from the study,
+so grid points are split among them and none runs twice, random points are drawn from
+`(seed, trial number)`, and TPE learns from every process's trials. Each trial runs in
+`DIR/trial_NNN` (its number in the study); `search.json` is rewritten from the study after each.
+A process whose trial is killed leaves it RUNNING in the study, and its point is not retried.
 """
 
 import ast
@@ -216,13 +224,21 @@ def run_search(
     log: Callable[[str], None] = print,
     parallel: str = "sharding",
     overwrite: bool = False,
+    storage: str | None = None,
+    study: str | None = None,
 ) -> dict[str, Any]:
     """Runs the trials into `workdir/trial_NNN/` and returns what it writes to `search.json`;
     each trial is a `train_and_evaluate` run with `parallel`.
 
     The search holds `workdir`'s lock while it runs. A `workdir` that holds a search's results
     already is refused unless `overwrite`, which then replaces each trial's run as well.
+
+    With `storage` and `study`, the trials are those of a shared optuna study (the module
+    docstring): no lock on `workdir`, whose `search.json` every process rewrites, and each
+    trial's run holds its own directory.
     """
+    if (storage is None) != (study is None):
+        raise ConfigError("a shared search needs both storage and study (--storage, --study)")
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     points = []
@@ -234,6 +250,10 @@ def run_search(
             trial_config(base, point)  # every grid config is valid before the first run
     elif trials is None or trials < 1:
         raise ConfigError(f"trials must be >= 1 for {method} search, got {trials}")
+    if storage is not None:
+        return _run_shared(
+            base, space, workdir, points, method, trials, log, parallel, storage, study
+        )
     with claim(workdir):
         results_path = os.path.join(workdir, "search.json")
         if os.path.exists(results_path) and not overwrite:
@@ -259,47 +279,143 @@ def _run_trials(base, space, workdir, points, method, trials, log, parallel, ove
             point = _suggest(optuna_trial, space)
         else:
             point = sample(space, rng)
-        trial_dir = os.path.join(workdir, f"trial_{number:03d}")
-        start = time.perf_counter()
-        try:
-            metrics = train_and_evaluate(
-                trial_config(base, point),
-                trial_dir,
-                log=lambda _: None,
-                verbose=False,
-                progress=False,
-                parallel=parallel,
-                overwrite=overwrite,
-            )
-        except ConfigError as error:  # a sampled point the config rejects: record, go on
-            results.append({"trial": number, "params": point, "error": str(error)})
-            if study:
-                study.tell(optuna_trial, state=_optuna().trial.TrialState.FAIL)
-            log(f"trial {number}: {point} rejected: {error}")
-        else:
-            record = {
-                "trial": number,
-                "params": point,
-                "monitor": metrics["monitor"],
-                "value": metrics["monitor_value"],
-                **{
-                    k: v
-                    for k, v in metrics.items()
-                    if k.startswith("test_") and k != "test_confusion_matrix"
-                },
-                "epochs": metrics["epochs"],
-                "seconds": time.perf_counter() - start,
-                "dir": trial_dir,
-            }
-            results.append(record)
-            if study:
-                study.tell(optuna_trial, record["value"])
-            shown = f"{record['monitor']} {record['value']:.4f}"
-            log(f"trial {number}: {_format_point(point)} -> {shown}")
+        record = _run_trial(base, point, number, workdir, log, parallel, overwrite)
+        results.append(record)
+        if study and "value" in record:
+            study.tell(optuna_trial, record["value"])
+        elif study:
+            study.tell(optuna_trial, state=_optuna().trial.TrialState.FAIL)
         summary = summarize(method, space, results)
         if jax.process_index() == 0:
             write_json(os.path.join(workdir, "search.json"), summary)
     return summary
+
+
+def _run_trial(base, point, number, workdir, log, parallel, overwrite) -> dict[str, Any]:
+    """Trains trial `number` at `point` into `workdir/trial_NNN`; its record for
+    `search.json` (an `error` in place of metrics when the config rejects the point)."""
+    trial_dir = os.path.join(workdir, f"trial_{number:03d}")
+    start = time.perf_counter()
+    try:
+        metrics = train_and_evaluate(
+            trial_config(base, point),
+            trial_dir,
+            log=lambda _: None,
+            verbose=False,
+            progress=False,
+            parallel=parallel,
+            overwrite=overwrite,
+        )
+    except ConfigError as error:  # a sampled point the config rejects: record, go on
+        log(f"trial {number}: {point} rejected: {error}")
+        return {"trial": number, "params": point, "error": str(error)}
+    record = {
+        "trial": number,
+        "params": point,
+        "monitor": metrics["monitor"],
+        "value": metrics["monitor_value"],
+        **{
+            k: v
+            for k, v in metrics.items()
+            if k.startswith("test_") and k != "test_confusion_matrix"
+        },
+        "epochs": metrics["epochs"],
+        "seconds": time.perf_counter() - start,
+        "dir": trial_dir,
+    }
+    log(f"trial {number}: {_format_point(point)} -> {record['monitor']} {record['value']:.4f}")
+    return record
+
+
+def _run_shared(base, space, workdir, points, method, trials, log, parallel, storage, name):
+    """The trials of optuna study `name` in `storage` that this process takes, until the
+    study has `trials` of them (grid: every point); returns the study's summary."""
+    optuna = _optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    monitor = base.monitor or default_monitor(models.task(base.model))
+    count = len(points) if method == "grid" else trials
+    # TPE's own random start: unseeded, so two processes do not suggest the same points.
+    sampler = optuna.samplers.TPESampler(n_startup_trials=min(10, max(1, count // 3)))
+    direction = "maximize" if MONITORS[monitor] else "minimize"
+    study = _open_study(optuna, storage, name, direction, sampler)
+    _check_same_search(study, base, space, method, count)
+    while True:
+        trial = study.ask()
+        if trial.number >= count:  # another process took the last one
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            break
+        if method == "grid":
+            point = points[trial.number]
+        elif method == "random":
+            point = sample(space, np.random.default_rng([base.seed, trial.number]))
+        else:
+            point = _suggest(trial, space)
+        record = _run_trial(base, point, trial.number, workdir, log, parallel, False)
+        trial.set_user_attr("record", json.loads(json.dumps(record)))
+        if "value" in record:
+            study.tell(trial, record["value"])
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        _write_study_summary(study, method, space, workdir)
+    return _write_study_summary(study, method, space, workdir)
+
+
+def _write_study_summary(study, method: str, space: Space, workdir: str) -> dict[str, Any]:
+    """`search.json` of every trial the study has finished, by any process; not over a file
+    that another process wrote with more of them."""
+    records = [t.user_attrs["record"] for t in study.get_trials() if "record" in t.user_attrs]
+    summary = summarize(method, space, sorted(records, key=lambda r: r["trial"]))
+    path = os.path.join(workdir, "search.json")
+    try:
+        with open(path) as f:
+            written = len(json.load(f)["trials"])
+    except (OSError, ValueError, KeyError):
+        written = 0
+    if len(records) >= written:
+        os.makedirs(workdir, exist_ok=True)
+        write_json(path, summary)
+    return summary
+
+
+def _open_study(optuna, storage: str, name: str, direction: str, sampler, attempts: int = 5):
+    """Creates study `name` in `storage`, or loads it. Processes started together race to
+    create the storage's tables (SQLite: "table trials already exists"), so a failure is
+    retried: the loser finds the tables the winner made."""
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(
+                storage=storage, study_name=name, direction=direction, sampler=sampler,
+                load_if_exists=True,
+            )  # fmt: skip
+        except Exception as error:  # a bad URL, an unreachable server, another direction
+            if attempt == attempts - 1:
+                raise ConfigError(f"cannot open study {name!r} in {storage}: {error}") from None
+            time.sleep(0.2 * (attempt + 1))
+
+
+def _check_same_search(study, base: TrainConfig, space: Space, method: str, count: int) -> None:
+    """Records this search in a new study; refuses a study made by another search (its
+    trials would be mixed with this one's), naming what differs."""
+    this = json.loads(
+        json.dumps(
+            {
+                "config": base.to_dict(),
+                "space": {name: dataclasses.asdict(dim) for name, dim in space.items()},
+                "method": method,
+                "trials": count,
+            }
+        )
+    )
+    if "search" not in study.user_attrs:
+        study.set_user_attr("search", this)
+        return
+    saved = study.user_attrs["search"]
+    differ = sorted(key for key in this if saved.get(key) != this[key])
+    if differ:
+        raise ConfigError(
+            f"study {study.study_name!r} belongs to another search ({', '.join(differ)} "
+            "differ); give another --study"
+        )
 
 
 def summarize(method: str, space: Space, results: list[dict[str, Any]]) -> dict[str, Any]:

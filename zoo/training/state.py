@@ -19,8 +19,8 @@ from zoo.training.regularizers import regularized
 
 class TrainState(train_state.TrainState):
     """Flax's TrainState plus `batch_stats` (empty without batch norm), a base PRNG `key`, and
-    static settings of the train step: the `task` that picks the loss ('classify', 'language',
-    'regress', 'reconstruct' or 'vae'), the L1/L2 penalty and the augmentations.
+    static settings of the train step: the `task` that picks the loss ('classify', 'tag',
+    'language', 'regress', 'reconstruct' or 'vae'), the L1/L2 penalty and the augmentations.
 
     The random numbers of step `s` (dropout, augmentation) come from `jax.random.fold_in(key, s)`:
     a pure function of the state, so a resumed run draws the same ones as an uninterrupted run.
@@ -120,19 +120,28 @@ def create_train_state(
 
 def build_model(config: TrainConfig, dataset: Dataset) -> nn.Module:
     """`model_for(config, ...)` shaped for `dataset`."""
-    return model_for(config, dataset.num_classes, dataset.input_shape)
+    vocab_size = len(dataset.vocab) if dataset.vocab else None
+    return model_for(config, dataset.num_classes, dataset.input_shape, vocab_size)
 
 
-def model_for(config: TrainConfig, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+def model_for(
+    config: TrainConfig,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    vocab_size: int | None = None,
+) -> nn.Module:
     """The registry model for `config`, shaped for the data: its input shape (for models that
-    fix one) and its output width (`num_classes`, or a forecaster's `horizon`; none for an
-    autoencoder, whose output is its input's shape), computing in `config.dtype` with float32
-    parameters."""
+    fix one), the size of its input vocabulary (for models that embed token ids and have an
+    output of their own, as a tagger), and its output width (`num_classes`, or a forecaster's
+    `horizon`; none for an autoencoder, whose output is its input's shape), computing in
+    `config.dtype` with float32 parameters."""
     accepted = models.options(config.model)
     width = "horizon" if "horizon" in accepted else "num_classes"
     fixed = {width: num_classes} if width in accepted else {}
     if "input_shape" in accepted:
         fixed["input_shape"] = tuple(input_shape)
+    if "vocab_size" in accepted and vocab_size is not None:
+        fixed["vocab_size"] = vocab_size
     clash = sorted(set(fixed) & set(config.model_options))
     if clash:
         raise ConfigError(f"model_options may not set {', '.join(clash)}: the dataset decides them")

@@ -1,10 +1,11 @@
 """The pure, jittable pieces of a training step: loss, train step, eval step.
 
 The loss follows the state's static `task`: softmax cross-entropy over classes ('classify', outputs
-`(B, K)`) or over the vocabulary at every step ('language', `(B, T, V)`), mean squared error
-('regress', `(B, D)`; 'reconstruct', the input's pixels `(B, H, W, C)`), or a VAE's negative
-ELBO ('vae', `VAEOutput`). Metrics are sums, so batches add up exactly and padding rows (mask
-False) count for nothing.
+`(B, K)`), over tags or the vocabulary at every valid step ('tag', `(B, T, K)`; 'language',
+`(B, T, V)`; 'seq2seq', teacher-forced `(B, T, V)` over the target's tokens up to EOS), mean
+squared error ('regress', `(B, D)`; 'reconstruct', the input's pixels `(B, H, W, C)`), or a
+VAE's negative ELBO ('vae', `VAEOutput`). Metrics are sums, so batches add up exactly and
+padding rows (mask False) count for nothing.
 """
 
 from typing import Any
@@ -17,6 +18,7 @@ from zoo import runtime
 from zoo.data.augment import augment
 from zoo.data.batching import Batch
 from zoo.models import kl_divergence
+from zoo.models.seq2seq import PAD, cut_at_eos
 from zoo.training.precision import MIN_SCALE, unscale, update_loss_scale
 from zoo.training.regularizers import Params, penalty
 from zoo.training.state import TrainState
@@ -52,12 +54,28 @@ def compute_metrics(task: str, outputs: Any, batch: Batch) -> Metrics:
         return {"loss_sum": jnp.sum(errors * weights), "count": jnp.sum(weights)}
     if task == "vae":
         return _vae_metrics(outputs, batch)
-    losses = optax.softmax_cross_entropy_with_integer_labels(outputs, batch.y)  # (B,) or (B, T)
-    weights = _row_weights(batch.mask, losses)
-    if losses.ndim == 2 and batch.lengths is not None:  # per-step outputs: padded steps count 0
-        steps = jnp.arange(losses.shape[1])[None, :] < batch.lengths[:, None]
+    if task == "seq2seq":
+        return _seq2seq_metrics(outputs, batch)
+    weights = _row_weights(batch.mask, batch.y.astype(jnp.float32))  # (B,) or (B, T)
+    if batch.y.ndim == 2 and batch.lengths is not None:  # per-step outputs: padded steps count 0
+        steps = jnp.arange(batch.y.shape[1])[None, :] < batch.lengths[:, None]
         weights = weights * steps.astype(weights.dtype)
-    correct = jnp.argmax(outputs, axis=-1) == batch.y
+    labels = jnp.where(weights > 0, batch.y, 0)  # a padded step's target may be anything
+    losses = optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
+    correct = jnp.argmax(outputs, axis=-1) == labels
+    return {
+        "loss_sum": jnp.sum(losses * weights),
+        "correct": jnp.sum(correct * weights),
+        "count": jnp.sum(weights),
+    }
+
+
+def _seq2seq_metrics(logits: jax.Array, batch: Batch) -> Metrics:
+    """Cross-entropy and correct tokens of teacher-forced logits `(B, T, V)` over the target's
+    real tokens: EOS counts, the PAD after it does not (`lengths` are the sources')."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch.y)  # (B, T)
+    weights = _row_weights(batch.mask, losses) * (batch.y != PAD).astype(losses.dtype)
+    correct = jnp.argmax(logits, axis=-1) == batch.y
     return {
         "loss_sum": jnp.sum(losses * weights),
         "correct": jnp.sum(correct * weights),
@@ -97,6 +115,12 @@ def _vae_metrics(outputs, batch: Batch) -> Metrics:
     }
 
 
+def _targets(task: str, batch: Batch) -> dict[str, jax.Array]:
+    """The model's keyword inputs: a seq2seq model reads its targets shifted right (teacher
+    forcing)."""
+    return {"targets": batch.y} if task == "seq2seq" else {}
+
+
 def _inputs(batch: Batch) -> tuple[jax.Array, ...]:
     """The model's positional inputs: `x`, and the sequences' `lengths` where there are some."""
     return (batch.x,) if batch.lengths is None else (batch.x, batch.lengths)
@@ -113,11 +137,18 @@ def loss_fn(
         rngs["latent"] = jax.random.fold_in(dropout_key, 1)
     if state.batch_stats:
         outputs, updates = state.apply_fn(
-            variables, *_inputs(batch), train=True, rngs=rngs, mutable=["batch_stats"]
+            variables,
+            *_inputs(batch),
+            **_targets(state.task, batch),
+            train=True,
+            rngs=rngs,
+            mutable=["batch_stats"],
         )
         new_batch_stats = updates["batch_stats"]
     else:
-        outputs = state.apply_fn(variables, *_inputs(batch), train=True, rngs=rngs)
+        outputs = state.apply_fn(
+            variables, *_inputs(batch), **_targets(state.task, batch), train=True, rngs=rngs
+        )
         new_batch_stats = state.batch_stats
     sums = compute_metrics(state.task, outputs, batch)
     loss = sums["loss_sum"] / jnp.maximum(sums["count"], 1)
@@ -199,8 +230,9 @@ train_step = runtime.jit(train_step_fn, donate_argnums=0)
 def eval_step_fn(
     state: TrainState, batch: Batch, axis_name: str | None = None
 ) -> tuple[jax.Array | None, Metrics]:
-    """Evaluation mode (no dropout, running BN stats): class predictions `(B,)` when classifying
-    (else None) and summed metrics. `eval_step` is this function jitted (`zoo.runtime.jit`).
+    """Evaluation mode (no dropout, running BN stats): class predictions `(B,)` when classifying,
+    a seq2seq model's greedy decoding `(B, T)` (PAD after EOS), else None; and summed metrics.
+    `eval_step` is this function jitted (`zoo.runtime.jit`).
 
     A VAE's ELBO is estimated at one `z ~ q(z|x)` per example, drawn from the same key at every
     evaluation (folded from the state's), so validation epochs compare on the same noise.
@@ -210,8 +242,13 @@ def eval_step_fn(
     """
     variables = _variables(state.params, state.batch_stats)
     rngs = {"latent": jax.random.fold_in(state.key, _EVAL_NOISE)} if state.task == "vae" else {}
-    outputs = state.apply_fn(variables, *_inputs(batch), train=False, rngs=rngs)
+    outputs = state.apply_fn(
+        variables, *_inputs(batch), **_targets(state.task, batch), train=False, rngs=rngs
+    )
     predictions = jnp.argmax(outputs, axis=-1) if state.task == "classify" else None
+    if state.task == "seq2seq":  # and greedy decoding, without the targets, for exact match
+        decoded = state.apply_fn(variables, *_inputs(batch), max_length=batch.y.shape[1])
+        predictions = cut_at_eos(jnp.argmax(decoded, axis=-1))
     sums = compute_metrics(state.task, outputs, batch)
     if axis_name is not None:
         sums = jax.lax.psum(sums, axis_name)

@@ -32,6 +32,8 @@ METRICS = {
     "bilstm": "test_accuracy",
     "bigru": "test_accuracy",
     "cnn_lstm": "test_accuracy",
+    "tagger": "test_accuracy",
+    "seq2seq": "test_exact_match",
     "charlm": "test_bpc",
     "forecast": "test_mse",
 }
@@ -63,7 +65,12 @@ def pretrained(name: str | None = None):
         )
     config = TrainConfig.from_dict(card["config"])
     described = card["dataset"]
-    model = model_for(config, described["num_classes"], tuple(described["input_shape"]))
+    model = model_for(
+        config,
+        described["num_classes"],
+        tuple(described["input_shape"]),
+        len(described["vocab"]) if described.get("vocab") else None,
+    )
     variables = read_variables(filename, _like(model, described))
     return Trained(model, variables, config, described, card["step"], "best")
 
