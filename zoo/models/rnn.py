@@ -60,6 +60,22 @@ def _flat_lengths(lengths: jax.Array | None, batch: tuple[int, ...]) -> jax.Arra
     return lengths.reshape(-1)
 
 
+def _stacked_rnn(model: nn.Module, *, return_sequences: bool) -> StackedRNN:
+    """The `StackedRNN` a classifier or tagger describes with its recurrent options."""
+    return StackedRNN(
+        model.cell,
+        model.hidden_sizes,
+        model.bidirectional,
+        return_sequences=return_sequences,
+        reset_after=model.reset_after,
+        dropout=model.dropout,
+        recurrent_dropout=model.recurrent_dropout,
+        unroll=model.unroll,
+        activation=model.activation,
+        **dtypes(model),
+    )
+
+
 class RNNClassifier(nn.Module):
     """Stacked simple RNN/LSTM/GRU over `(B, T, F)`, then a dense layer on the last valid hidden
     state.
@@ -108,18 +124,7 @@ class RNNClassifier(nn.Module):
     ) -> jax.Array:
         h = check_input(x, self.input_shape, self.cell)  # (B, T, F)
         batch = batch_shape(x, self.input_shape)
-        rnn = StackedRNN(
-            self.cell,
-            self.hidden_sizes,
-            self.bidirectional,
-            return_sequences=False,
-            reset_after=self.reset_after,
-            dropout=self.dropout,
-            recurrent_dropout=self.recurrent_dropout,
-            unroll=self.unroll,
-            activation=self.activation,
-            **dtypes(self),
-        )
+        rnn = _stacked_rnn(self, return_sequences=False)
         h, _ = rnn(h, _flat_lengths(lengths, batch), train=train)  # (B, H or 2H)
         if self.dropout:
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
@@ -242,18 +247,7 @@ class Tagger(nn.Module):
             tokens = check_input(x, input_shape, "tagger", tokens=True)  # (B, T)
             _check_token_ids(tokens, self.vocab_size, "tagger")
             h = nn.Embed(self.vocab_size, self.embed_dim, **dtypes(self))(tokens)  # (B, T, E)
-        rnn = StackedRNN(
-            self.cell,
-            self.hidden_sizes,
-            self.bidirectional,
-            return_sequences=True,
-            reset_after=self.reset_after,
-            dropout=self.dropout,
-            recurrent_dropout=self.recurrent_dropout,
-            unroll=self.unroll,
-            activation=self.activation,
-            **dtypes(self),
-        )
+        rnn = _stacked_rnn(self, return_sequences=True)
         h, _ = rnn(h, _flat_lengths(lengths, batch), train=train)  # (B, T, H or 2H)
         if self.dropout:
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
