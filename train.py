@@ -83,6 +83,15 @@ _CONFIG_FLAGS = [
         "--missing",
         {"choices": MISSING, "help": "csv: what empty or NaN cells do (default error)"},
     ),
+    (
+        "bucket_by_length",
+        "--bucket-by-length",
+        {
+            "action": "store_const",
+            "const": True,
+            "help": "sequences: batch similar lengths together, each batch cut to its longest",
+        },
+    ),
     ("epochs", "--epochs", {"type": int, "help": "passes over the training split"}),
     ("batch_size", "--batch-size", {"type": int, "help": "examples per step"}),
     ("optimizer", "--optimizer", {"help": ", ".join(OPTIMIZERS)}),
@@ -178,6 +187,7 @@ _FLAGS = {
     "coordinator": "--coordinator",
     "num_processes": "--num-processes",
     "process_id": "--process-id",
+    "data_workers": "--data-workers",
 } | {field: flag for field, flag, _ in _CONFIG_FLAGS}
 
 
@@ -185,7 +195,7 @@ _FLAGS = {
 _GROUPS = {
     "model and data": (
         "model model_option dataset data_path image_size channels skip_bad_files column "
-        "time_column missing"
+        "time_column missing bucket_by_length data_workers"
     ),
     "optimisation": (
         "epochs batch_size optimizer learning_rate momentum nesterov schedule warmup_steps "
@@ -221,7 +231,8 @@ def _with_default(field: str, text: str) -> str:
     if isinstance(default, tuple):
         shown = ",".join(default) or "none"
     else:
-        shown = {None: "none", False: "off", True: "on"}.get(default, default)
+        words = {"none": None, "off": False, "on": True}  # by identity: a 0 is not "off"
+        shown = next((word for word, value in words.items() if default is value), default)
     if any(field in preset for preset in PRESETS.values()):
         return f"{text} (default: the model's preset, else {shown})"
     return f"{text} (default: {shown})"
@@ -268,6 +279,14 @@ def _add_run_flags(groups: _Groups) -> None:
         default="sharding",
         help="data parallel over every device: jit on a device mesh (sharding, default), pmap, "
         "or one device (none)",
+    )
+    groups.add(
+        "--data-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="processes that read and decode training batches ahead of the steps (grain); "
+        "the batches are the same (default 0: read in the training process)",
     )
     env = os.environ.get
     groups.add(
@@ -326,7 +345,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             "--storage",
             metavar="URL",
             help="share the search with every process given the same URL and --study: an "
-            "optuna RDB URL, sqlite:///study.db on one machine, postgresql://... for many "
+            "optuna RDB URL, sqlite:///study.db on one machine, postgresql+psycopg2://... for many "
             "(default: none, this process alone)",
         )
         groups.add("--study", metavar="NAME", help="the shared study's name (with --storage)")
@@ -633,6 +652,7 @@ def main(argv: list[str]) -> int:
                 overwrite=args.overwrite,
                 storage=args.storage,
                 study=args.study,
+                data_workers=args.data_workers,
             )
             if jax.process_index() == 0:
                 print(format_table(summary))
@@ -649,6 +669,7 @@ def main(argv: list[str]) -> int:
             parallel=args.parallel,
             overwrite=args.overwrite,
             tensorboard=args.tensorboard,
+            data_workers=args.data_workers,
         )
     except Preempted as stop:
         print(f"train.py: {stop}; continue with --resume {args.out}", file=sys.stderr)

@@ -83,6 +83,8 @@ def test_model_preset_picks_its_dataset(tmp_path):
             "README.md is not an npz (zip) archive",
         ),
         (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--data-workers", "-1"], "--data-workers must be >= 0, got -1"),
+        (["--bucket-by-length"], "--bucket-by-length needs sequences of different lengths"),
         (
             ["--dataset", "series"],
             "model 'cnn' is a classify model but dataset 'series' is a regress",

@@ -8,6 +8,7 @@ import pytest
 
 import zoo
 from zoo import data
+from zoo.training.metrics import mean_image_mse
 from zoo.weights import METRICS, WEIGHTS, WeightsError, read_variables
 
 pytest.importorskip("sklearn")
@@ -17,14 +18,18 @@ pytest.importorskip("statsmodels")
 FLOORS = {
     "test_accuracy": 0.975,
     "test_bpc": 1.85,  # at most
+    "test_elbo": -300.0,
 }
+# Models whose presets reach less (the README's table): LeNet-5 as published, tanh and average
+# pooling; the ConvLSTM on 8x8 moving digits.
+ACCURACY_FLOORS = {"lenet5": 0.97, "convlstm": 0.95}
 
 
 def test_every_model_with_a_bundled_dataset_ships_weights_under_a_few_mb():
     cards = zoo.pretrained()
     assert set(cards) == set(METRICS)
     size = sum(os.path.getsize(os.path.join(WEIGHTS, f"{n}.safetensors")) for n in cards)
-    assert size < 6e6
+    assert size < 8e6
     for name, card in cards.items():
         assert card["command"] == f"python train.py --model {name} --seed 0"
         assert card["value"] == card["metrics"][card["metric"]]
@@ -39,13 +44,18 @@ def test_shipped_weights_give_their_cards_metric_on_the_test_split(name):
     if "test_accuracy" in card["metrics"]:
         n = len(dataset.test.y)
         assert round(metrics["test_accuracy"] * n) == round(card["metrics"]["test_accuracy"] * n)
-        assert card["value"] >= FLOORS["test_accuracy"] if name != "cnn" else card["value"] >= 0.99
+        floor = 0.99 if name == "cnn" else ACCURACY_FLOORS.get(name, FLOORS["test_accuracy"])
+        assert card["value"] >= floor
     for key, value in card["metrics"].items():
         assert metrics[key] == pytest.approx(value, rel=1e-5), key
     if name == "charlm":
         assert card["value"] <= FLOORS["test_bpc"]
-    if name == "forecast":
+    if name in ("forecast", "tcn_forecast"):
         assert card["value"] < data.naive_forecast_mse(dataset.test)
+    if name == "autoencoder":  # far below predicting the mean image
+        assert card["value"] < 0.2 * mean_image_mse(dataset.train, dataset.test)
+    if name == "vae":
+        assert card["value"] >= FLOORS["test_elbo"]
 
 
 @pytest.fixture

@@ -19,4 +19,8 @@ def __getattr__(name: str):
         from zoo.weights import pretrained
 
         return pretrained
+    if name == "load_weights":
+        from zoo.weights.files import load_weights
+
+        return load_weights
     raise AttributeError(f"module 'zoo' has no attribute {name!r}")

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from zoo.data import Split, batches, epoch_order, num_batches
+from zoo.data.batching import BUCKET_STEPS, epoch_plan
 
 
 def make_split(n: int) -> Split:
@@ -75,3 +76,52 @@ def test_shards_must_split_batches_evenly():
         next(batches(make_split(10), 6, shard=(2, 2)))
     with pytest.raises(ValueError, match="remainder='keep'"):
         next(batches(make_split(10), 6, remainder="keep", shard=(0, 2)))
+
+
+def ragged_split(n: int, steps: int = 40, seed: int = 0) -> Split:
+    """Sequences of lengths 1..steps padded to `steps`: x counts 1, 2, ... then zeros."""
+    lengths = np.random.default_rng(seed).integers(1, steps + 1, n).astype(np.int32)
+    x = np.where(np.arange(steps)[None, :] < lengths[:, None], np.arange(1, steps + 1), 0)
+    return Split(x.astype(np.float32), np.arange(n, dtype=np.int32), lengths)
+
+
+def test_bucketed_epochs_hold_the_same_examples_in_batches_of_similar_length():
+    split = ragged_split(400)
+    plain = epoch_plan(400, 16, seed=2, epoch=1, lengths=split.lengths)
+    plan = epoch_plan(400, 16, seed=2, epoch=1, lengths=split.lengths, bucket=True)
+    assert len(plan) == len(plain) == 25
+    rows = np.concatenate([p.rows for p in plan])
+    np.testing.assert_array_equal(np.sort(rows), np.sort(np.concatenate([p.rows for p in plain])))
+
+    def spread(plan):  # mean of max - min length within a batch
+        return np.mean([np.ptp(split.lengths[p.rows]) for p in plan])
+
+    assert spread(plan) < spread(plain) / 4
+    for p in plan:
+        longest = split.lengths[p.rows].max()
+        assert p.steps % BUCKET_STEPS == 0 and longest <= p.steps < longest + BUCKET_STEPS
+    again = epoch_plan(400, 16, seed=2, epoch=1, lengths=split.lengths, bucket=True)
+    assert all(np.array_equal(a.rows, b.rows) for a, b in zip(plan, again, strict=True))
+    other = epoch_plan(400, 16, seed=2, epoch=2, lengths=split.lengths, bucket=True)
+    assert not all(np.array_equal(a.rows, b.rows) for a, b in zip(plan, other, strict=True))
+
+
+def test_bucketed_batches_are_cut_to_their_longest_sequence_never_past_the_data():
+    split = ragged_split(64, steps=20)
+    tags = Split(split.x, split.x.astype(np.int32), split.lengths)  # a tag per step
+    for batch, planned in zip(
+        batches(tags, 8, seed=0, bucket=True, per_step_targets=True),
+        epoch_plan(64, 8, seed=0, lengths=split.lengths, bucket=True),
+        strict=True,
+    ):
+        steps = min(planned.steps, 20)
+        assert batch.x.shape == batch.y.shape == (8, steps)
+        np.testing.assert_array_equal(batch.x, split.x[planned.rows, :steps])
+        assert batch.lengths.max() <= steps  # nothing but padding was cut
+    cut = next(batches(split, 8, seed=0, bucket=True))  # a class per sequence: y stays
+    assert cut.y.shape == (8,)
+
+
+def test_bucketing_needs_lengths():
+    with pytest.raises(ValueError, match="needs the sequences' lengths"):
+        epoch_plan(10, 2, seed=0, bucket=True)

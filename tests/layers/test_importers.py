@@ -206,18 +206,10 @@ def test_flax_cell_importer_names_missing_gates():
         from_flax_cell(variables["params"]["cell"], "lstm")
 
 
-def torch_seed_cnn(torch):
-    """The seed CNN in PyTorch, as a user would write it."""
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(1, 32, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(32, 64, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(64, 64, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-        torch.nn.Linear(576, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10),
-    )  # fmt: skip
-
-
 def test_seed_cnn_matches_pytorch():
     torch = pytest.importorskip("torch")
+    from references import torch_seed_cnn
+
     torch.manual_seed(0)
     net = torch_seed_cnn(torch)
     images = np.random.default_rng(1).normal(size=(3, 28, 28, 1)).astype(np.float32)
@@ -238,6 +230,7 @@ def test_conv_and_dense_importer_errors_name_the_problem():
 
 def test_state_dicts_saved_as_safetensors_import_like_the_live_modules(tmp_path):
     torch = pytest.importorskip("torch")
+    from references import torch_seed_cnn
     from safetensors.torch import save_file
 
     torch.manual_seed(0)

@@ -1,6 +1,8 @@
 """Trains a few steps under one data-parallel layout and saves the final params and batch-norm
 statistics as `OUT/<layout>.npz`; run as a subprocess by test_parallel.py (forced host devices,
-or one of several processes of a `jax.distributed` run).
+or one of several processes of a `jax.distributed` run). With `--images DIR` it instead reads
+`--steps` training batches of that image folder as the training loop does and saves which
+files it decoded as `OUT/images-<process>.npz`.
 
     python tests/training/parallel_worker.py --model convnet --parallel none,pmap --out DIR
 """
@@ -13,6 +15,8 @@ import jax
 import numpy as np
 
 from zoo import data
+from zoo.data.images import load_image_folder
+from zoo.data.streaming import BatchStream, StepReader
 from zoo.training import TrainConfig, create_train_state
 from zoo.training import parallel as parallel_lib
 from zoo.training.state import build_model
@@ -25,8 +29,10 @@ MODELS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", choices=MODELS, required=True)
-    parser.add_argument("--parallel", required=True, help="comma list of layouts")
+    parser.add_argument("--model", choices=MODELS)
+    parser.add_argument("--parallel", help="comma list of layouts")
+    parser.add_argument("--images", help="an image folder to read instead of training")
+    parser.add_argument("--data-workers", type=int, default=0)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--coordinator")
@@ -38,6 +44,9 @@ def main() -> None:
         parallel_lib.initialize_distributed(
             args.coordinator, args.num_processes, args.process_id, timeout=60
         )
+    if args.images:
+        read_images(args.images, args.steps, args.batch_size, args.data_workers, args.out)
+        return
     dataset_name, options = MODELS[args.model]
     dataset = data.load(dataset_name, seed=0)
     # SGD with momentum: Adam divides by the gradient's size, which magnifies float summation
@@ -55,6 +64,26 @@ def main() -> None:
         if jax.process_index() == 0 or args.coordinator:
             suffix = f"-{jax.process_index()}" if args.coordinator else ""
             np.savez(os.path.join(args.out, f"{name}{suffix}.npz"), **result)
+
+
+def read_images(folder, steps, batch_size, workers, out):
+    """Reads this process's shard of `steps` batches into a cache of its own, and saves the
+    files whose pixels it decoded."""
+    rank = jax.process_index()
+    cache = os.path.join(out, f"cache-{rank}")
+    train = load_image_folder(folder, cache_dir=cache).train
+    reader = StepReader(
+        train,
+        batch_size,
+        seed=0,
+        steps_per_epoch=data.num_batches(len(train.x), batch_size),
+        shard=parallel_lib.create("sharding").shard(),
+    )
+    with BatchStream(reader, 0, steps, workers) as stream:
+        rows = sum(len(batch.x) for batch in stream)
+    decoded = np.flatnonzero(train.x._cache.done)
+    files = np.array([train.x._files[i] for i in decoded])
+    np.savez(os.path.join(out, f"images-{rank}.npz"), files=files, rows=rows)
 
 
 def train(layout, config, dataset, steps):

@@ -180,3 +180,61 @@ def test_a_library_user_trains_on_their_own_dataset(tmp_path):
     assert described["class_names"] == ["low", "mid", "high"]
     assert described["input_shape"] == [5, 2] and described["variable_length"] is True
     assert described["sizes"] == {"train": 80, "validation": 20, "test": 20}
+
+
+def _ragged_dataset(n=120, steps=24):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, n).astype(np.int32)
+    lengths = rng.integers(2, steps + 1, n).astype(np.int32)
+    x = rng.normal(size=(n, steps, 2)) + y[:, None, None]
+    x = np.where(np.arange(steps)[None, :, None] < lengths[:, None, None], x, 0)
+    splits = [
+        Split(x[a:b].astype(np.float32), y[a:b], lengths[a:b])
+        for a, b in ((0, 80), (80, 100), (100, n))
+    ]  # noqa: E501
+    return Dataset(*splits, num_classes=3)
+
+
+def test_bucketing_by_length_trains_on_cut_batches_and_needs_lengths(tmp_path, monkeypatch):
+    shapes = []
+    original = data.batching.read_batch
+    monkeypatch.setattr(
+        data.streaming,
+        "read_batch",
+        lambda *a, **k: shapes.append((b := original(*a, **k)).x.shape) or b,
+    )
+    config = TrainConfig(
+        model="gru", dataset="mine", epochs=2, batch_size=8, bucket_by_length=True,
+        model_options={"hidden_sizes": (8,)},
+    )  # fmt: skip
+    results = train_and_evaluate(config, str(tmp_path), dataset=_ragged_dataset(), log=print)
+    assert np.isfinite(results["test_loss"]) and len(shapes) == 20
+    assert {s[1] for s in shapes} <= {8, 16, 24} and len({s[1] for s in shapes}) > 1
+    with pytest.raises(ConfigError, match="bucket_by_length needs sequences of different"):
+        check_dataset(data.load_digits(seed=0), TrainConfig(bucket_by_length=True))
+
+
+@pytest.mark.slow
+def test_grain_data_workers_train_the_same_run_and_a_run_resumes_across_them(tmp_path):
+    pytest.importorskip("grain")
+    from zoo.training.loop import Preempted
+
+    config = TrainConfig(
+        model="gru", dataset="mine", epochs=2, batch_size=8, bucket_by_length=True,
+        model_options={"hidden_sizes": (8,)},
+    )  # fmt: skip
+    dataset = _ragged_dataset()
+    quiet = {"dataset": dataset, "log": lambda line: None}
+    alone = train_and_evaluate(config, str(tmp_path / "alone"), **quiet)
+    with pytest.raises(Preempted):
+        train_and_evaluate(
+            config, str(tmp_path / "cut"), stop_after_steps=13, data_workers=2, **quiet
+        )  # noqa: E501
+    resumed = train_and_evaluate(
+        config, str(tmp_path / "cut"), resume=True, data_workers=2, **quiet
+    )  # noqa: E501
+    assert resumed["resumed_from_step"] == 13
+    for key in ("test_loss", "test_accuracy"):
+        assert resumed[key] == alone[key]
+    with pytest.raises(ConfigError, match="data_workers must be >= 0"):
+        train_and_evaluate(config, str(tmp_path / "bad"), data_workers=-1, **quiet)

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+from zoo import data
 from zoo.training import ConfigError
 from zoo.training import parallel as parallel_lib
 
@@ -138,6 +139,37 @@ def test_two_processes_train_together_like_one(tmp_path, one_process_convnet, la
     for name in first:  # the same params in both processes, bit for bit
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
     assert_same_training(first, one_process_convnet)
+
+
+@pytest.mark.slow
+def test_each_of_two_processes_decodes_only_its_shard_of_an_image_folder(tmp_path):
+    """2 `jax.distributed` processes read 6 batches of 8 of a PNG folder, one through 2 grain
+    workers: each decodes the files of its half of every batch, and no other."""
+    pytest.importorskip("grain")
+    pytest.importorskip("PIL")
+    from zoo.data.batching import epoch_plan
+    from zoo.data.images import load_image_folder, save_image_folder
+
+    digits = data.load_digits(seed=0).train
+    save_image_folder(tmp_path / "png", digits.x[:120], digits.y[:120], [str(d) for d in range(10)])
+    address = f"localhost:{free_port()}"
+    flags = ["--images", str(tmp_path / "png"), "--steps", "6", "--batch-size", "8"]
+    processes = [
+        start(
+            [str(WORKER), *flags, "--out", str(tmp_path), "--data-workers", str(2 * rank)]
+            + ["--coordinator", address, "--num-processes", "2", "--process-id", str(rank)]
+        )
+        for rank in range(2)
+    ]
+    for process in processes:
+        code, _, err = finish(process)
+        assert code == 0, err[-3000:]
+    train = load_image_folder(tmp_path / "png").train  # the split both processes made
+    batches = epoch_plan(len(train.x), 8, seed=0)[:6]
+    for rank in range(2):
+        read = load(tmp_path / f"images-{rank}.npz")
+        own = {train.x.files[row] for b in batches for row in b.rows[4 * rank : 4 * rank + 4]}
+        assert read["rows"] == 24 and set(read["files"].tolist()) == own
 
 
 def assert_close_runs(result: dict, reference: dict) -> None:

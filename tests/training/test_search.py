@@ -1,7 +1,11 @@
+import glob
 import json
 import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -166,9 +170,82 @@ def test_accuracy_ranks_higher_first_and_failed_trials_last():
     assert summary["best"]["trial"] == 2 and summary["higher_is_better"]
 
 
+def _postgres_programs() -> tuple[str, str]:
+    """`initdb` and `pg_ctl` from PATH, or from the newest /usr/lib/postgresql/*/bin (Debian
+    and Ubuntu keep them there, off PATH)."""
+    for bin_dir in [None, *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]:
+        initdb, pg_ctl = (shutil.which(name, path=bin_dir) for name in ("initdb", "pg_ctl"))
+        if initdb and pg_ctl:
+            return initdb, pg_ctl
+    pytest.skip("PostgreSQL's initdb and pg_ctl are neither on PATH nor in /usr/lib/postgresql")
+
+
+def _server_user() -> list[str]:
+    """The command prefix that runs the server: none, or as root (which initdb refuses)
+    `runuser -u postgres --`."""
+    if os.geteuid() != 0:
+        return []
+    runuser = shutil.which("runuser")
+    known = {entry.pw_name for entry in pwd.getpwall()}
+    user = next((name for name in ("postgres", "nobody") if name in known), None)
+    if not runuser or not user:
+        pytest.skip("initdb refuses to run as root, and there is no runuser or no user to run as")
+    return [runuser, "-u", user, "--"]
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+@pytest.fixture
+def postgres_url():
+    """A database on a throwaway PostgreSQL server that listens on a unix socket only,
+    stopped (and its files removed) whatever the test does."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    initdb, pg_ctl = _postgres_programs()
+    as_user = _server_user()
+    # Not under tmp_path: a socket path has at most 107 characters, and pytest's base
+    # directory is private to this user while the server may run as another.
+    home = tempfile.mkdtemp(prefix="zoo-pg-")
+    data, port = os.path.join(home, "data"), "5432"  # socket only: no port is taken
+    if as_user:
+        shutil.chown(home, user=as_user[2])
+
+    def server(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=60)
+
+    try:
+        made = server(initdb, "-D", data, "-U", "zoo", "--auth=trust", "--no-sync")
+        assert made.returncode == 0, made.stderr
+        options = f"-p {port} -k {home} -c listen_addresses='' -c fsync=off"
+        log = os.path.join(home, "server.log")
+        started = server(pg_ctl, "-D", data, "-l", log, "-o", options, "-w", "start")
+        assert started.returncode == 0, started.stderr + _read(log)
+        connection = psycopg2.connect(host=home, port=port, user="zoo", dbname="postgres")
+        connection.autocommit = True  # CREATE DATABASE refuses to run in a transaction
+        connection.cursor().execute("CREATE DATABASE study")
+        connection.close()
+        yield f"postgresql+psycopg2://zoo@/study?host={home}&port={port}"
+    finally:
+        server(pg_ctl, "-D", data, "stop", "-m", "immediate")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.mark.slow
-def test_two_processes_share_one_study_and_run_each_grid_point_once(tmp_path):
-    """Issue 22: two `train.py search` processes on one SQLite file run a 2x2 grid together."""
+def test_two_processes_share_one_study_and_run_each_grid_point_once(storage, tmp_path):
+    """Issue 22: two `train.py search` processes on one study (a SQLite file, a PostgreSQL
+    database) run a 2x2 grid together."""
     pytest.importorskip("optuna")
     pytest.importorskip("statsmodels")
     command = [
@@ -177,7 +254,7 @@ def test_two_processes_share_one_study_and_run_each_grid_point_once(tmp_path):
         "search",
         "--model", "forecast", "--epochs", "1", "--quiet",
         "--space", "lr=1e-3,3e-3", "--space", "batch_size=16,32",
-        "--storage", f"sqlite:///{tmp_path / 'study.db'}", "--study", "grid",
+        "--storage", storage, "--study", "grid",
         "--out", str(tmp_path / "search"),
     ]  # fmt: skip
     workers = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]

@@ -80,6 +80,29 @@ def test_padding_values_change_neither_the_loss_nor_the_gradient(name):
     assert abs(float(_loss_and_grads(state, unmasked)[0]) - float(loss_a)) > 1e-4
 
 
+@pytest.mark.parametrize("name", ["bilstm", "tagger"])
+def test_a_batch_cut_to_its_longest_sequence_trains_as_the_padded_one(name):
+    """What `--bucket-by-length` relies on: cutting a batch's padded steps (x, and a per-step
+    target with it) changes neither the loss nor the gradient."""
+    rng = np.random.default_rng(1)
+    make_x, make_y = CASES[name]
+    x, y = _padded(make_x(rng), 0), make_y(rng)
+    x, y = np.concatenate([x, np.zeros_like(x)], 1), y  # 7 more steps of padding
+    if y.ndim == 2:
+        y = np.concatenate([_padded(y, 0), np.zeros_like(y)], 1)
+    state = _state(name, x, **OPTIONS[name])
+    mask = np.ones(4, bool)
+    full = _loss_and_grads(state, Batch(x, y, mask, LENGTHS))
+    steps = int(LENGTHS.max())
+    cut = _loss_and_grads(
+        state, Batch(x[:, :steps], y[:, :steps] if y.ndim == 2 else y, mask, LENGTHS)
+    )
+    np.testing.assert_allclose(full[0], cut[0], rtol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), *[full[1], cut[1]]
+    )
+
+
 @pytest.mark.parametrize("name", ["gru", "bilstm"])
 def test_a_padded_batch_predicts_what_each_sequence_predicts_alone(name):
     rng = np.random.default_rng(1)

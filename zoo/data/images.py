@@ -105,6 +105,19 @@ class ImageArray:
     def __repr__(self) -> str:
         return f"ImageArray(shape={self.shape}, dtype=float32)"
 
+    def __getstate__(self) -> dict:
+        """What a worker process needs: file names, rows and the cache's file, not its pixels
+        (pickling a memmap would copy them) nor the thread pool."""
+        state = self.__dict__ | {"_pool": None}
+        if self._cache is not None:
+            state["_cache"] = (self._cache.done.filename, self._cache.pixels.shape)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if state["_cache"] is not None:
+            state["_cache"] = _map_pixel_cache(*state["_cache"])
+        self.__dict__.update(state)
+
     def _read(self, rows: np.ndarray) -> np.ndarray:
         """uint8 `(len(rows), H, W, C)` pixels of the given rows of `self._files`."""
         if self._cache is None:
@@ -485,5 +498,10 @@ def _open_pixel_cache(cache_dir: str, key: str, shape: tuple[int, ...]) -> Pixel
             f"image cache {filename} has {os.path.getsize(filename)} bytes, expected {nbytes}; "
             "delete it"
         )
-    data = np.memmap(filename, np.uint8, mode="r+", shape=(nbytes,))
+    return _map_pixel_cache(filename, shape)
+
+
+def _map_pixel_cache(filename: str, shape: tuple[int, ...]) -> PixelCache:
+    num_rows = shape[0]
+    data = np.memmap(filename, np.uint8, mode="r+", shape=(num_rows + int(np.prod(shape)),))
     return PixelCache(data[:num_rows], data[num_rows:].reshape(shape))

@@ -122,6 +122,8 @@ class TrainConfig:
       time_column: the CSV column rows are sorted by; None: the file's order.
       missing: what empty or NaN CSV cells do: 'error', 'interpolate', 'ffill' or 'drop';
         None: 'error'.
+      bucket_by_length: train on batches of sequences of similar length, each cut to its
+        longest (`zoo.data.batching`); for datasets whose sequences have `lengths`.
       epochs: passes over the training split (at most, with early stopping).
       batch_size: examples per step.
       optimizer: 'adam', 'adamw' (Adam with decoupled weight decay), 'sgd' or 'rmsprop'.
@@ -170,6 +172,7 @@ class TrainConfig:
     column: str | None = None
     time_column: str | None = None
     missing: str | None = None
+    bucket_by_length: bool = False
     epochs: int = 20
     batch_size: int = 32
     optimizer: str = "adam"

@@ -15,6 +15,7 @@ import numpy as np
 
 from zoo import data, models
 from zoo.data.splits import RECONSTRUCTION_TASKS, Dataset, Split
+from zoo.data.streaming import BatchStream, StepReader, require_grain
 from zoo.models.seq2seq import EOS
 from zoo.training import parallel as parallel_lib
 from zoo.training import plots
@@ -56,6 +57,11 @@ def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
         raise ConfigError(
             f"dataset {config.dataset!r} holds sequences of different lengths, which model "
             f"{config.model!r} cannot take; pad them yourself or pick a recurrent model"
+        )
+    if config.bucket_by_length and dataset.train.lengths is None:
+        raise ConfigError(
+            f"bucket_by_length needs sequences of different lengths; dataset {config.dataset!r} "
+            "has none (its examples are of one shape)"
         )
     if config.batch_size > len(dataset.train.x):
         raise ConfigError(
@@ -128,6 +134,7 @@ def train_and_evaluate(
     overwrite: bool = False,
     dataset: Dataset | None = None,
     tensorboard: bool = False,
+    data_workers: int = 0,
 ) -> dict[str, Any]:
     """Trains `config.model` on `config.dataset`, evaluates on the test split, writes metrics.
 
@@ -155,6 +162,9 @@ def train_and_evaluate(
       overwrite: replace what a previous run left in `workdir` (finished or not).
       dataset: train on these arrays (a `zoo.data.Dataset`) instead of loading
         `config.dataset`, which then only names them in the run's files.
+      data_workers: processes that read (decode, gather) training batches ahead of the steps,
+        through grain (`zoo.data.streaming`); 0 reads them in this process. The batches are
+        the same either way.
 
     What a trained model needs to be used on new data (the input shape, class names, vocabulary,
     standardisation statistics) goes to `workdir/dataset.json`.
@@ -174,6 +184,13 @@ def train_and_evaluate(
         plots.require_matplotlib()
     if tensorboard:
         tensorboard_lib.require_tensorboardx()
+    if data_workers < 0:
+        raise ConfigError(f"data_workers must be >= 0, got {data_workers}")
+    if data_workers:
+        try:
+            require_grain()
+        except ImportError as error:
+            raise ConfigError(f"--data-workers {data_workers}: {error}") from None
     with workdir_lib.claim(workdir):
         return _train_and_evaluate(
             config,
@@ -188,6 +205,7 @@ def train_and_evaluate(
             parallel,
             overwrite,
             tensorboard,
+            data_workers,
         )
 
 
@@ -256,6 +274,7 @@ def _train_and_evaluate(
     parallel,
     overwrite,
     tensorboard,
+    data_workers,
 ) -> dict[str, Any]:
     if dataset is None:
         dataset = load_dataset(config, workdir, log)
@@ -313,7 +332,20 @@ def _train_and_evaluate(
             events = tensorboard_lib.ScalarWriter(workdir, resumed_at=run.step)
             schedule = create_schedule(config, steps_per_epoch)
         start = time.perf_counter()
-        with TerminationGuard() as guard:
+        reader = StepReader(
+            dataset.train,
+            config.batch_size,
+            seed=config.seed,
+            steps_per_epoch=steps_per_epoch,
+            shard=layout.shard(),
+            bucket=config.bucket_by_length,
+            per_step_targets=dataset.task == "tag",
+        )
+        last_step = config.epochs * steps_per_epoch
+        with (
+            TerminationGuard() as guard,
+            BatchStream(reader, run.step, last_step, data_workers) as stream,
+        ):
             if stop_after_steps is not None:
                 guard.stop_at_step = run.step + stop_after_steps
             first_epoch = run.step // steps_per_epoch + 1
@@ -321,7 +353,7 @@ def _train_and_evaluate(
                 if run.finished:
                     break
                 record = _train_epoch(
-                    run, dataset, config, epoch, steps_per_epoch, show_bar, checkpoints, guard
+                    run, stream, config, epoch, steps_per_epoch, show_bar, checkpoints, guard
                 )
                 if has_validation:
                     val = evaluate(
@@ -466,24 +498,18 @@ class RunState:
     finished: bool = False
 
 
-def _train_epoch(run, dataset, config, epoch, steps_per_epoch, show_bar, checkpoints, guard):
-    """Trains from `run.step` to the end of `epoch`, saving every `checkpoint_every` steps and
-    on SIGTERM; returns the epoch's record of train metrics."""
+def _train_epoch(run, stream, config, epoch, steps_per_epoch, show_bar, checkpoints, guard):
+    """Trains from `run.step` to the end of `epoch` on the run's `stream` of batches, saving
+    every `checkpoint_every` steps and on SIGTERM; returns the epoch's record of train
+    metrics."""
     epoch_start = time.perf_counter()
     done = run.step - (epoch - 1) * steps_per_epoch  # > 0 when resuming mid-epoch
     layout = run.layout
-    batches = data.batches(
-        dataset.train,
-        config.batch_size,
-        seed=config.seed,
-        epoch=epoch - 1,
-        remainder="drop",
-        shard=layout.shard(),
-    )
+    batches = itertools.islice(stream, steps_per_epoch - done)
     with EpochProgress(
         epoch, config.epochs, steps_per_epoch - done, config.batch_size, enabled=show_bar
     ) as bar:
-        for batch in prefetch(itertools.islice(batches, done, None), layout.put_batch):
+        for batch in prefetch(batches, layout.put_batch):
             run.state, batch_metrics = layout.train_step(run.state, batch)
             run.step += 1
             bar.step(batch_metrics)

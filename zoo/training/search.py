@@ -226,9 +226,10 @@ def run_search(
     overwrite: bool = False,
     storage: str | None = None,
     study: str | None = None,
+    data_workers: int = 0,
 ) -> dict[str, Any]:
     """Runs the trials into `workdir/trial_NNN/` and returns what it writes to `search.json`;
-    each trial is a `train_and_evaluate` run with `parallel`.
+    each trial is a `train_and_evaluate` run with `parallel` and `data_workers`.
 
     The search holds `workdir`'s lock while it runs. A `workdir` that holds a search's results
     already is refused unless `overwrite`, which then replaces each trial's run as well.
@@ -250,10 +251,9 @@ def run_search(
             trial_config(base, point)  # every grid config is valid before the first run
     elif trials is None or trials < 1:
         raise ConfigError(f"trials must be >= 1 for {method} search, got {trials}")
+    run = {"parallel": parallel, "data_workers": data_workers}  # how each trial runs
     if storage is not None:
-        return _run_shared(
-            base, space, workdir, points, method, trials, log, parallel, storage, study
-        )
+        return _run_shared(base, space, workdir, points, method, trials, log, run, storage, study)
     with claim(workdir):
         results_path = os.path.join(workdir, "search.json")
         if os.path.exists(results_path) and not overwrite:
@@ -261,10 +261,10 @@ def run_search(
                 f"{os.path.abspath(workdir)} holds a finished search (search.json); pass "
                 "--overwrite to replace it, or choose another --out"
             )
-        return _run_trials(base, space, workdir, points, method, trials, log, parallel, overwrite)
+        return _run_trials(base, space, workdir, points, method, trials, log, run, overwrite)
 
 
-def _run_trials(base, space, workdir, points, method, trials, log, parallel, overwrite):
+def _run_trials(base, space, workdir, points, method, trials, log, run, overwrite):
     monitor = base.monitor or default_monitor(models.task(base.model))
     study = _tpe_study(MONITORS[monitor], base.seed, trials) if method == "tpe" else None
     rng = np.random.default_rng(base.seed)
@@ -279,7 +279,7 @@ def _run_trials(base, space, workdir, points, method, trials, log, parallel, ove
             point = _suggest(optuna_trial, space)
         else:
             point = sample(space, rng)
-        record = _run_trial(base, point, number, workdir, log, parallel, overwrite)
+        record = _run_trial(base, point, number, workdir, log, run, overwrite)
         results.append(record)
         if study and "value" in record:
             study.tell(optuna_trial, record["value"])
@@ -291,7 +291,7 @@ def _run_trials(base, space, workdir, points, method, trials, log, parallel, ove
     return summary
 
 
-def _run_trial(base, point, number, workdir, log, parallel, overwrite) -> dict[str, Any]:
+def _run_trial(base, point, number, workdir, log, run, overwrite) -> dict[str, Any]:
     """Trains trial `number` at `point` into `workdir/trial_NNN`; its record for
     `search.json` (an `error` in place of metrics when the config rejects the point)."""
     trial_dir = os.path.join(workdir, f"trial_{number:03d}")
@@ -303,8 +303,8 @@ def _run_trial(base, point, number, workdir, log, parallel, overwrite) -> dict[s
             log=lambda _: None,
             verbose=False,
             progress=False,
-            parallel=parallel,
             overwrite=overwrite,
+            **run,
         )
     except ConfigError as error:  # a sampled point the config rejects: record, go on
         log(f"trial {number}: {point} rejected: {error}")
@@ -327,7 +327,7 @@ def _run_trial(base, point, number, workdir, log, parallel, overwrite) -> dict[s
     return record
 
 
-def _run_shared(base, space, workdir, points, method, trials, log, parallel, storage, name):
+def _run_shared(base, space, workdir, points, method, trials, log, run, storage, name):
     """The trials of optuna study `name` in `storage` that this process takes, until the
     study has `trials` of them (grid: every point); returns the study's summary."""
     optuna = _optuna()
@@ -350,7 +350,7 @@ def _run_shared(base, space, workdir, points, method, trials, log, parallel, sto
             point = sample(space, np.random.default_rng([base.seed, trial.number]))
         else:
             point = _suggest(trial, space)
-        record = _run_trial(base, point, trial.number, workdir, log, parallel, False)
+        record = _run_trial(base, point, trial.number, workdir, log, run, False)
         trial.set_user_attr("record", json.loads(json.dumps(record)))
         if "value" in record:
             study.tell(trial, record["value"])
@@ -389,7 +389,8 @@ def _open_study(optuna, storage: str, name: str, direction: str, sampler, attemp
             )  # fmt: skip
         except Exception as error:  # a bad URL, an unreachable server, another direction
             if attempt == attempts - 1:
-                raise ConfigError(f"cannot open study {name!r} in {storage}: {error}") from None
+                where = _without_password(storage)
+                raise ConfigError(f"cannot open study {name!r} in {where}: {error}") from None
             time.sleep(0.2 * (attempt + 1))
 
 
@@ -484,3 +485,13 @@ def _tpe_study(higher_is_better: bool, seed: int, trials: int):
     return optuna.create_study(
         direction="maximize" if higher_is_better else "minimize", sampler=sampler
     )
+
+
+def _without_password(storage: str) -> str:
+    """`storage` as it may be printed: an RDB URL's password masked."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(storage).render_as_string(hide_password=True)
+    except Exception:  # not a URL sqlalchemy reads: it holds no password it would use
+        return storage

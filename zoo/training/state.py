@@ -119,9 +119,13 @@ def create_train_state(
 
 
 def build_model(config: TrainConfig, dataset: Dataset) -> nn.Module:
-    """`model_for(config, ...)` shaped for `dataset`."""
+    """`model_for(config, ...)` shaped for `dataset`; bucketed batches are cut to their
+    longest sequence, so then the time axis is left open."""
     vocab_size = len(dataset.vocab) if dataset.vocab else None
-    return model_for(config, dataset.num_classes, dataset.input_shape, vocab_size)
+    input_shape = tuple(dataset.input_shape)
+    if config.bucket_by_length:
+        input_shape = (None, *input_shape[1:])
+    return model_for(config, dataset.num_classes, input_shape, vocab_size)
 
 
 def model_for(
