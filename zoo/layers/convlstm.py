@@ -25,7 +25,7 @@ through, with its CPU gradient inside zoo's train steps. With `lengths`, a seque
 changing after its last valid step and its outputs there are zero, as in `recurrent.scan_steps`.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.layers.conv import conv
-from zoo.layers.recurrent import LSTMState, check_lengths, lengths_to_mask
+from zoo.layers.recurrent import LSTMState, check_lengths, lengths_to_mask, scan_steps
 
 CellParams = dict[str, jax.Array]
 PADDINGS = ("SAME", "VALID")
@@ -109,33 +109,6 @@ def initial_state(batch: int, spatial: Sequence[int], filters: int, dtype=jnp.fl
     return LSTMState(zeros, zeros)
 
 
-def scan_frames(
-    step: Callable[[CellParams, LSTMState, jax.Array], tuple[LSTMState, jax.Array]],
-    params: CellParams,
-    carry: LSTMState,
-    inputs: jax.Array,
-    mask: jax.Array | None = None,
-) -> tuple[LSTMState, jax.Array]:
-    """Runs `step` over the time axis of `inputs` `(B, T, ...)`; returns `(carry, (B, T, ...))`.
-
-    `recurrent.scan_steps` for frames: with `mask` `(B, T)`, masked steps leave the carry
-    unchanged and output zeros (the mask is broadcast over the spatial and channel axes).
-    """
-
-    def masked_step(carry, inputs):
-        x, valid = inputs  # (B, H, W, G), (B,) or None
-        new, y = step(params, carry, x)
-        if valid is None:
-            return new, y
-        valid = valid.reshape(valid.shape + (1,) * (y.ndim - 1))  # (B, 1, 1, 1)
-        new = jax.tree.map(lambda n, old: jnp.where(valid, n, old), new, carry)
-        return new, jnp.where(valid, y, jnp.zeros_like(y))
-
-    time_major = None if mask is None else jnp.swapaxes(mask, 0, 1)  # (T, B)
-    carry, ys = jax.lax.scan(masked_step, carry, (jnp.swapaxes(inputs, 0, 1), time_major))
-    return carry, jnp.swapaxes(ys, 0, 1)
-
-
 def _forget_bias_init(key, shape, dtype=jnp.float32):
     filters = shape[0] // 4
     return jnp.zeros(shape, dtype).at[filters : 2 * filters].set(1.0)  # forget gate starts open
@@ -195,7 +168,7 @@ class ConvLSTM(nn.Module):
             mask = lengths_to_mask(check_lengths(lengths, batch, steps), steps)  # (B, T)
         projected = project_frames(x, params, self.padding)  # (B, T, H', W', 4F)
         carry = initial_state(batch, projected.shape[2:4], self.filters, x.dtype)
-        state, outputs = scan_frames(convlstm_step, params, carry, projected, mask)
+        state, outputs = scan_steps(convlstm_step, params, carry, projected, mask)
         return (outputs if self.return_sequences else state.h), state
 
 

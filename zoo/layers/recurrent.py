@@ -250,11 +250,15 @@ def check_lengths(lengths: Any, batch_size: int, steps: int) -> jax.Array:
 def _keep_where_valid(
     new: Carry, y: jax.Array, carry: Carry, valid: jax.Array | None
 ) -> tuple[Carry, jax.Array]:
-    """A step's `(new carry, y)` where `valid` `(B, 1)`; the old carry and zeros elsewhere."""
+    """A step's `(new carry, y)` where `valid` `(B,)` or `(B, 1)`; the old carry and zeros
+    elsewhere. `valid` is broadcast over each array's other axes (features, or a frame's)."""
     if valid is None:
         return new, y
-    new = jax.tree.map(lambda n, old: jnp.where(valid, n, old), new, carry)
-    return new, jnp.where(valid, y, jnp.zeros_like(y))
+
+    def where(keep, other):
+        return jnp.where(valid.reshape(valid.shape[:1] + (1,) * (keep.ndim - 1)), keep, other)
+
+    return jax.tree.map(where, new, carry), where(y, jnp.zeros_like(y))
 
 
 def _time_major_mask(mask: jax.Array | None) -> jax.Array | None:
@@ -272,7 +276,7 @@ def scan_steps(
     unroll: int = 1,
 ) -> tuple[Carry, jax.Array]:
     """Runs `step` over the time axis of `inputs` `(B, T, G)` (projected inputs, or raw ones for a
-    step that projects them); returns `(carry, (B, T, H))`.
+    step that projects them; or frames `(B, T, H, W, G)`); returns `(carry, (B, T, ...))`.
 
     With `mask` `(B, T)`, masked steps leave the carry unchanged and output zeros. `reverse` runs
     from the last step to the first; with right padding the padded steps come first and are skipped.
