@@ -334,3 +334,36 @@ def test_each_process_of_a_sharded_run_decodes_only_its_rows(tmp_path, monkeypat
         assert len(decoded) == 3 * len(rows)  # its three rows of every batch, nothing else
         seen.append(set(decoded))
     assert not seen[0] & seen[1]
+
+
+def test_processes_share_the_load_time_check_each_decoding_its_share(tmp_path, monkeypatch):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    write_classes(tmp_path / "folder", per_class=6)
+    bad = truncated_png(tmp_path / "folder" / "one" / "99.png")
+    rows, barrier = {}, threading.Barrier(2)
+
+    def load_as(rank):  # process `rank` of 2; combine sums what both found
+        def combine(found):
+            rows[rank] = found
+            barrier.wait()
+            return rows[0] + rows[1]
+
+        return load_image_folder(
+            tmp_path / "folder", skip_bad_files=True, shard=(rank, 2), combine=combine
+        )
+
+    probed = count_calls(monkeypatch, "_probe")
+    with ThreadPoolExecutor(2) as pool:
+        loaded = list(pool.map(load_as, range(2)))
+    assert len(probed) == len(set(probed)) == 19  # each of the 19 files once, across the two
+    alone = load_image_folder(tmp_path / "folder", skip_bad_files=True)
+    for dataset in loaded:
+        for name in ("train", "validation", "test"):
+            ours, theirs = getattr(dataset, name), getattr(alone, name)
+            assert ours.x.files == theirs.x.files and bad not in ours.x.files
+            np.testing.assert_array_equal(ours.y, theirs.y)
+        assert dataset.train.x.shape == alone.train.x.shape
+    with pytest.raises(ValueError, match="needs combine"):
+        load_image_folder(tmp_path / "folder", shard=(0, 2))

@@ -2,7 +2,7 @@
 statistics as `OUT/<layout>.npz`; run as a subprocess by test_parallel.py (forced host devices,
 or one of several processes of a `jax.distributed` run). With `--images DIR` it instead reads
 `--steps` training batches of that image folder as the training loop does and saves which
-files it decoded as `OUT/images-<process>.npz`.
+files it checked at load and decoded as `OUT/images-<process>.npz`.
 
     python tests/training/parallel_worker.py --model convnet --parallel none,pmap --out DIR
 """
@@ -15,7 +15,6 @@ import jax
 import numpy as np
 
 from zoo import data
-from zoo.data.images import load_image_folder
 from zoo.data.streaming import BatchStream, StepReader
 from zoo.training import TrainConfig, create_train_state
 from zoo.training import parallel as parallel_lib
@@ -69,9 +68,14 @@ def main() -> None:
 def read_images(folder, steps, batch_size, workers, out):
     """Reads this process's shard of `steps` batches into a cache of its own, and saves the
     files whose pixels it decoded."""
+    from zoo.data import images
+    from zoo.training.loop import load_dataset
+
     rank = jax.process_index()
-    cache = os.path.join(out, f"cache-{rank}")
-    train = load_image_folder(folder, cache_dir=cache).train
+    probed, probe = [], images._probe
+    images._probe = lambda name: probed.append(name) or probe(name)
+    config = TrainConfig(model="cnn", dataset="images", data_path=folder)
+    train = load_dataset(config, os.path.join(out, f"run-{rank}"), print).train  # as a run loads
     reader = StepReader(
         train,
         batch_size,
@@ -83,7 +87,7 @@ def read_images(folder, steps, batch_size, workers, out):
         rows = sum(len(batch.x) for batch in stream)
     decoded = np.flatnonzero(train.x._cache.done)
     files = np.array([train.x._files[i] for i in decoded])
-    np.savez(os.path.join(out, f"images-{rank}.npz"), files=files, rows=rows)
+    np.savez(os.path.join(out, f"images-{rank}.npz"), files=files, rows=rows, probed=probed)
 
 
 def train(layout, config, dataset, steps):

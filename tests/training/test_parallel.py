@@ -143,8 +143,9 @@ def test_two_processes_train_together_like_one(tmp_path, one_process_convnet, la
 
 @pytest.mark.slow
 def test_each_of_two_processes_decodes_only_its_shard_of_an_image_folder(tmp_path):
-    """2 `jax.distributed` processes read 6 batches of 8 of a PNG folder, one through 2 grain
-    workers: each decodes the files of its half of every batch, and no other."""
+    """2 `jax.distributed` processes load a PNG folder as a run does and read 6 batches of 8,
+    one through 2 grain workers: each checks half of the files at load, and decodes the files of
+    its half of every batch, and no other."""
     pytest.importorskip("grain")
     pytest.importorskip("PIL")
     from zoo.data.batching import epoch_plan
@@ -170,6 +171,9 @@ def test_each_of_two_processes_decodes_only_its_shard_of_an_image_folder(tmp_pat
         read = load(tmp_path / f"images-{rank}.npz")
         own = {train.x.files[row] for b in batches for row in b.rows[4 * rank : 4 * rank + 4]}
         assert read["rows"] == 24 and set(read["files"].tolist()) == own
+        assert len(read["probed"]) == 60  # its half of the 120 files, checked at load
+    probed = [set(load(tmp_path / f"images-{rank}.npz")["probed"].tolist()) for rank in range(2)]
+    assert not probed[0] & probed[1] and len(probed[0] | probed[1]) == 120
 
 
 def assert_close_runs(result: dict, reference: dict) -> None:

@@ -77,7 +77,15 @@ SOURCES: dict[str, Source] = {
     "images": Source(
         lambda seed, path, task=None, **options: load_image_folder(path, seed=seed, **options),
         "a folder of class folders",
-        options=("image_size", "channels", "skip_bad_files", "cache_dir", "log"),
+        options=(
+            "image_size",
+            "channels",
+            "skip_bad_files",
+            "cache_dir",
+            "log",
+            "shard",
+            "combine",
+        ),
     ),
     "csv": Source(
         lambda seed, path, task=None, **options: load_csv_series(path, **options),

@@ -153,6 +153,8 @@ def load_image_folder(
     cache_dir: str | os.PathLike | None = None,
     workers: int = 0,
     log: Callable[[str], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    combine: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Dataset:
     """Loads a folder of class folders as `(N, H, W, C)` float32 images in [0, 1].
 
@@ -170,6 +172,10 @@ def load_image_folder(
       cache_dir: directory for the decoded images and the load-time check; None: no cache.
       workers: threads that decode images; 0 decodes in the calling thread.
       log: called with a one-line message when bad files were skipped.
+      shard: `(index, count)`: in process `index` of `count` loading the folder together (a
+        multi-process run), the load-time check decodes only every `count`-th file from the
+        `index`-th, and `combine` (which sums an int array over the processes, such as
+        `multihost_utils.process_allgather(a).sum(0)`) shares what each found.
 
     Returns:
       A 'classify' `Dataset` whose splits' `x` are `ImageArray`s and `y` int32 labels, the
@@ -204,7 +210,7 @@ def load_image_folder(
     cache_key = None
     if cache_dir is not None:
         cache_dir, cache_key = _make_cache_dir(cache_dir), _cache_key(root, files)
-    probes = _probe_all(files, pool, cache_dir, cache_key)
+    probes = _probe_all(files, pool, cache_dir, cache_key, shard, combine)
     good = np.array([i for i, probe in enumerate(probes) if not isinstance(probe, str)], np.int64)
     _check_bad_files(files, probes, good, skip_bad_files, log)
     image_shape = _image_shape(files, probes, good, image_size, channels)
@@ -436,19 +442,48 @@ def _map(pool: Executor | None, fn, items: list) -> list:
     return list(pool.map(fn, items) if pool is not None else map(fn, items))
 
 
-def _probe_all(files, pool, cache_dir, cache_key) -> list[_Probe]:
-    """The load-time check of every file, read from `cache_dir` when it was done before."""
-    if cache_dir is None:
-        return _map(pool, _probe, files)
-    filename = os.path.join(cache_dir, f"images-{cache_key}.json")
-    try:
-        with open(filename) as f:
-            return [p if isinstance(p, str) else tuple(p) for p in json.load(f)]
-    except (OSError, ValueError):
-        pass
-    probes = _map(pool, _probe, files)
-    _write_atomically(filename, json.dumps(probes).encode())
+def _probe_all(files, pool, cache_dir, cache_key, shard=(0, 1), combine=None) -> list[_Probe]:
+    """The load-time check of every file (this process's share of them, the rest from the
+    others through `combine`), read from `cache_dir` when it was done before."""
+    filename = None if cache_dir is None else os.path.join(cache_dir, f"images-{cache_key}.json")
+    if filename is not None:
+        try:
+            with open(filename) as f:
+                return [p if isinstance(p, str) else tuple(p) for p in json.load(f)]
+        except (OSError, ValueError):
+            pass
+    index, count = shard
+    if count > 1 and combine is None:
+        raise ValueError(f"shard {shard} needs combine to share the load-time check")
+    mine = range(index, len(files), count)
+    found = dict(zip(mine, _map(pool, _probe, [files[i] for i in mine]), strict=True))
+    if count > 1:
+        rows = np.zeros((len(files), 4), np.int32)  # (found, gray, height, width) per file
+        for i, probe in found.items():
+            rows[i] = _probe_row(probe)
+        rows = np.asarray(combine(rows))
+        found |= {i: _row_probe(row, files[i]) for i, row in enumerate(rows) if i not in found}
+    probes = [found[i] for i in range(len(files))]
+    if filename is not None:
+        _write_atomically(filename, json.dumps(probes).encode())
     return probes
+
+
+def _probe_row(probe: _Probe) -> list[int]:
+    """A probe as what processes share: only what `_image_shape` reads of the mode (gray or not)."""
+    if isinstance(probe, str):
+        return [2, 0, 0, 0]
+    mode, height, width = probe
+    return [1, int(mode in _GRAY_MODES or mode.startswith("I")), height, width]
+
+
+def _row_probe(row: np.ndarray, filename: str) -> _Probe:
+    found, gray, height, width = (int(v) for v in row)
+    if found == 1:
+        return ("L" if gray else "RGB"), height, width
+    if found == 2:
+        return "it did not decode in the process that checked it"
+    raise ValueError(f"no process checked {filename}: the shards must cover every file")
 
 
 def _cache_key(root: str, files: list[str]) -> str:

@@ -215,6 +215,8 @@ def load_dataset(config: TrainConfig, workdir: str, log: Callable[[str], None]) 
     options = config.data_options()
     if config.dataset == "images":
         options |= {"cache_dir": os.path.join(workdir, "cache"), "log": log}
+        if jax.process_count() > 1:  # each process checks its share of the files at load
+            options |= {"shard": (jax.process_index(), jax.process_count()), "combine": _summed}
     return data.load(
         config.dataset,
         seed=config.seed,
@@ -222,6 +224,13 @@ def load_dataset(config: TrainConfig, workdir: str, log: Callable[[str], None]) 
         task=models.task(config.model),
         **options,
     )
+
+
+def _summed(rows: np.ndarray) -> np.ndarray:
+    """`rows` summed over the processes of a multi-process run."""
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(rows)).sum(0)
 
 
 def initialize_from_run(
