@@ -10,6 +10,7 @@ its `shard` of every batch, so with an image folder it decodes only its own imag
 """
 
 import gc
+import signal
 from collections.abc import Iterator
 from multiprocessing import resource_tracker
 
@@ -123,7 +124,15 @@ def _read(reader: StepReader, first: int, last: int, workers: int):
     # them, one resource tracker sees both ends; else each worker starts its own, which never
     # hears of the unlink and warns of "leaked shared_memory objects" at exit.
     resource_tracker.ensure_running()
-    return iter(dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers)))
+    options = grain.MultiprocessingOptions(num_workers=workers)
+    return iter(dataset.mp_prefetch(options, worker_init_fn=_leave_signals_to_the_trainer))
+
+
+def _leave_signals_to_the_trainer(index: int, count: int) -> None:
+    """A worker ignores SIGTERM and SIGINT, which a scheduler or Ctrl-C sends the whole process
+    group: the training process saves its checkpoint and then stops the workers itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _as_batch(batch) -> Batch:
