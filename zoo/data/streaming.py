@@ -73,13 +73,15 @@ class BatchStream:
     def __init__(self, reader: StepReader, first: int, last: int, workers: int = 0):
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
+        self._workers = workers
         self._iterator = _read(reader, first, last, workers)
 
     def __iter__(self) -> Iterator[Batch]:
         return self
 
     def __next__(self) -> Batch:
-        return _as_batch(next(self._iterator))
+        batch = next(self._iterator)
+        return _as_batch(batch) if self._workers else batch  # read here: no copy needed
 
     def close(self) -> None:
         close = getattr(self._iterator, "close", None)
