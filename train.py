@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 import zoo
-from zoo import data, models
+from zoo import data, models, runtime
 from zoo.data import MISSING, RECONSTRUCTION_TASKS
 from zoo.runtime import reuse_freed_memory
 from zoo.trained import WHICH, read_inputs
@@ -33,7 +33,7 @@ from zoo.training.config import (
     SCHEDULES,
 )
 from zoo.training.loop import NonFiniteError, Preempted, load_dataset
-from zoo.training.parallel import PARALLEL, initialize_distributed
+from zoo.training.parallel import PARALLEL, default_cpu_devices, initialize_distributed
 from zoo.training.search import METHODS, format_table, load_space, parse_space_args, run_search
 
 
@@ -208,7 +208,7 @@ _GROUPS = {
         "out resume overwrite stop_after_steps checkpoint_every keep_checkpoints init_from "
         "max_bad_steps debug_nans"
     ),
-    "devices and hosts": "parallel coordinator num_processes process_id init_timeout",
+    "devices and hosts": ("parallel cpu_devices coordinator num_processes process_id init_timeout"),
     "output": "quiet plot tensorboard show_config",
     "search": "space space_file method trials storage study",
 }
@@ -279,6 +279,15 @@ def _add_run_flags(groups: _Groups) -> None:
         default="sharding",
         help="data parallel over every device: jit on a device mesh (sharding, default), pmap, "
         "or one device (none)",
+    )
+    groups.add(
+        "--cpu-devices",
+        type=_cpu_devices,
+        default="auto",
+        metavar="N",
+        help="on a CPU, how many JAX devices to split each batch over (auto, default: one per "
+        "core for recurrent models, where that is faster, else 1; a count you set in XLA_FLAGS "
+        "or JAX_NUM_CPU_DEVICES is kept). Ignored on a GPU or TPU",
     )
     groups.add(
         "--data-workers",
@@ -417,6 +426,35 @@ def _env_int(name: str) -> int | None:
     except ValueError:  # a bad config value, exit status 2 like every other
         print(f"train.py: error: {name}={value!r} must be an integer", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _cpu_devices(text: str) -> str | int:
+    if text == "auto":
+        return text
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a count of at least 1, got {text!r}")
+    return count
+
+
+def use_cpu_devices(args: argparse.Namespace, config: TrainConfig, space: dict | None) -> str:
+    """Sets how many CPU devices JAX makes (`zoo.runtime.use_cpu_cores`), before JAX starts:
+    `--cpu-devices N`, or for `auto` the model's default (`default_cpu_devices`) unless the user
+    set a count in the environment. A search over models or batch sizes keeps one device, as its
+    trials could not all split their batches alike. Returns what the device line says of it."""
+    if args.cpu_devices != "auto":
+        runtime.use_cpu_cores(args.cpu_devices, override=True)
+        return f"--cpu-devices {args.cpu_devices}"
+    if args.parallel == "none" or (space and {"model", "batch_size"} & set(space)):
+        return ""
+    processes = args.num_processes or 1
+    count = default_cpu_devices(config.model, config.batch_size, processes)
+    if count > 1 and runtime.use_cpu_cores(count):
+        return f"one per core for {config.model}: --cpu-devices 1 for one"
+    return ""
 
 
 def join_processes(args: argparse.Namespace) -> None:
@@ -625,20 +663,24 @@ def main(argv: list[str]) -> int:
             models.create(config.model, **config.model_options)  # an unknown option fails here
             print(json.dumps(config.to_dict(), indent=2))
             return 0
-        join_processes(args)
         config = build_config(args)
+        space = None
         if args.command == "search":
             space = load_space(args.space_file) if args.space_file else None
             if args.space:
                 space = {**(space or {}), **parse_space_args(_field_names(args.space))}
             if not space:
                 raise ConfigError("search needs --space NAME=VALUES or --space-file")
+        cpu_devices = use_cpu_devices(args, config, space)
+        join_processes(args)
         log = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
         if jax.process_index() > 0:
             log = lambda line: None  # noqa: E731 - process 0 speaks for all
+        platform = jax.devices()[0].platform
         log(
-            f"devices: {jax.device_count()} x {jax.devices()[0].platform}"
+            f"devices: {jax.device_count()} x {platform}"
             + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else "")
+            + (f" ({cpu_devices})" if cpu_devices and platform == "cpu" else "")
         )
         if args.command == "search":
             summary = run_search(

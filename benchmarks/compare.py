@@ -35,14 +35,18 @@ targets' non-PAD tokens and an Adam update; inference is the same teacher-forced
 import argparse
 import contextlib
 import dataclasses
+import datetime
+import importlib.metadata
 import json
 import os
 import platform
 import random
+import re
 import statistics
 import time
 from collections.abc import Callable
 
+import data_parallel  # benchmarks/data_parallel.py, beside this script
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -110,6 +114,7 @@ def jax_steps(
     jit: Callable = jax.jit,
     gradients: Callable = contextlib.nullcontext,
     compile: bool = True,
+    devices: int = 1,
 ) -> dict[str, Step]:
     """Train and inference steps of a Flax module compiled by `jit`, their XLA FLOP counts, and
     (with `to_zoo`, which converts its variables) its initial logits and weights for the
@@ -119,7 +124,9 @@ def jax_steps(
     A model with batch norm (`batch_stats` among its variables) is called with `train=True,
     mutable=["batch_stats"]` in the train step, which carries the updated running statistics to
     the next step, as zoo's training does, and with `train=False` for inference; its logits are
-    taken in both modes. `compile=False`: the logits and weights only, no steps.
+    taken in both modes. `compile=False`: the logits and weights only, no steps. `devices` > 1
+    (zoo's recurrent rows): each step splits the batch over that many CPU devices, as zoo's
+    training does (`data_parallel.py`).
     """
     initial = jax.jit(model.init)(jax.random.key(0), x)  # the same values as eagerly, sooner
     params = _cast(initial["params"], dtype)
@@ -142,14 +149,21 @@ def jax_steps(
         losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
         return losses.mean(), batch_stats
 
-    def train(params, batch_stats, opt_state, x, y):
+    def grad(params, batch_stats, x, y):
         with gradients():
-            grads, batch_stats = jax.grad(loss, has_aux=True)(params, batch_stats, x, y)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), batch_stats, opt_state
+            return jax.grad(loss, has_aux=True)(params, batch_stats, x, y)
 
     def infer(params, batch_stats, x):
         return apply(params, batch_stats, x, train=False)[0]
+
+    if devices > 1:  # each device's rows; gradients and statistics averaged
+        split = data_parallel.SplitBatch(devices, replicated=2)
+        grad, infer = split.mean(grad, 4), split.rows(infer, 3)
+
+    def train(params, batch_stats, opt_state, x, y):
+        grads, batch_stats = grad(params, batch_stats, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state
 
     steps = {}
     if to_zoo is not None:  # running statistics, then batch statistics: one compilation
@@ -160,6 +174,8 @@ def jax_steps(
         steps["zoo_variables"] = to_zoo(initial)
     if not compile:
         return steps
+    if devices > 1:
+        state, x, y = split.whole(state), split.split(x), split.split(y)
     start = time.perf_counter()
     train_c = jit(train, donate_argnums=(0, 1, 2)).lower(*state, x, y).compile()
     train_compile = time.perf_counter() - start
@@ -485,10 +501,11 @@ def batch(bench: Benchmark) -> tuple[np.ndarray, np.ndarray]:
 
 
 def implementations(
-    bench: Benchmark, x, y, peers, dtype: str, compile: bool = True
+    bench: Benchmark, x, y, peers, dtype: str, compile: bool = True, flax: bool = True
 ) -> dict[str, dict]:
     """Every implementation's steps, and the peers' logits and weights in zoo's variables.
-    `compile=False` (a test of `agreement`): no zoo, and no JAX steps compiled."""
+    `compile=False` (a test of `agreement`): no zoo, and no JAX steps compiled; `flax=False`:
+    no Flax peer."""
     if bench.kind == "seq2seq":
         return seq2seq_implementations(bench, x, peers, dtype, compile)
     jax_dtype = jnp.dtype(dtype)
@@ -501,10 +518,12 @@ def implementations(
             jax_dtype,
             jit=runtime.jit,
             gradients=runtime.hand_written_gradients,
+            devices=data_parallel.zoo_devices(bench.kind, bench.batch),
         )
-    impls["flax"] = jax_steps(
-        flax_model(bench), x, y, jax_dtype, lambda v: flax_to_zoo(bench, v), compile=compile
-    )
+    if flax:
+        impls["flax"] = jax_steps(
+            flax_model(bench), x, y, jax_dtype, lambda v: flax_to_zoo(bench, v), compile=compile
+        )
     if "pytorch" in peers:
         impls["pytorch"] = torch_steps(bench, x, y, dtype)
     if "keras" in peers:
@@ -526,6 +545,7 @@ def seq2seq_implementations(
             jnp.dtype(dtype),
             jit=runtime.jit,
             gradients=runtime.hand_written_gradients,
+            devices=data_parallel.zoo_devices(bench.kind, bench.batch),
         )
     if "pytorch" in peers:
         impls["pytorch"] = seq2seq_peers.torch_steps(model, inputs, dtype)
@@ -544,6 +564,7 @@ def run_benchmark(name, bench, peers, dtype, rounds, per_round) -> dict:
     else:
         flops = impls["zoo"]["flops"]
     result = {**dataclasses.asdict(bench), "flops": flops, "timings": {}}
+    result["zoo_devices"] = data_parallel.zoo_devices(bench.kind, bench.batch)
     result["max_logit_difference"] = agreement(bench, x, impls)
     for mode in ("train", "infer"):
         timings = measure({impl: s[mode] for impl, s in impls.items()}, rounds, per_round)
@@ -554,6 +575,53 @@ def run_benchmark(name, bench, peers, dtype, rounds, per_round) -> dict:
             t["gflops"] = flops[mode] / (t["median_ms"] / 1e3) / 1e9 if flops[mode] else None
         result["timings"][mode] = timings
     return result
+
+
+def verdict(name: str, bench: dict, mode: str = "train") -> str:
+    """One line: whether zoo's `mode` step is the fastest of the implementations, with each
+    peer's time over zoo's."""
+    ratios = {i: t["ratio_to_zoo"] for i, t in bench["timings"][mode].items() if i != "zoo"}
+    listed = ", ".join(f"{i} {r:.3g}x" for i, r in sorted(ratios.items(), key=lambda kv: kv[1]))
+    slower = [i for i, r in ratios.items() if r < 1.0]
+    if not ratios:
+        return f"{name} {mode}: zoo alone"
+    if slower:
+        return (
+            f"{name} {mode}: {', '.join(sorted(slower))} faster than zoo ({listed} of zoo's time)"
+        )
+    return f"{name} {mode}: zoo fastest ({listed} of zoo's time)"
+
+
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16")
+
+
+def machine() -> dict:
+    """The CPU (its model, cores and the vector extensions XLA:CPU and PyTorch pick kernels by),
+    the default device, and the versions of everything timed."""
+    cpu, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        cpu = re.search(r"^model name\s*:\s*(.*)$", info, re.M).group(1).strip()
+        present = set(re.search(r"^flags\s*:\s*(.*)$", info, re.M).group(1).split())
+        flags = [flag for flag in CPU_FLAGS if flag in present]
+    except (OSError, AttributeError):  # not Linux
+        pass
+    device = jax.devices()[0]
+    versions = {"python": platform.python_version()}
+    for package in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "keras"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "cores": runtime.cpu_cores(),
+        "device": f"{device.platform} ({device.device_kind})",
+        "xla": getattr(device.client, "platform_version", None),
+        "versions": versions,
+    }
 
 
 def table(results: dict) -> str:
@@ -571,10 +639,16 @@ def table(results: dict) -> str:
                     + f" {t['warmup_seconds']:.2f} | "
                     + (f"{difference:.1e} |" if difference is not None else "- |")
                 )
+    about = results["about"]
+    versions = ", ".join(f"{k} {v}" for k, v in about["versions"].items() if v)
+    split = {n: b["zoo_devices"] for n, b in results["benchmarks"].items() if b["zoo_devices"] > 1}
+    verdicts = [verdict(n, b) for n, b in results["benchmarks"].items()]
     return "\n".join(
         [
-            f"Machine: {results['machine']}; jax {results['jax']}, torch {results['torch']}, "
-            f"keras {results['keras']}; {results['dtype']}; peak matmul {peak:.0f} GFLOP/s; "
+            f"Machine: {about['cpu']} ({about['cores']} cores; {' '.join(about['cpu_flags'])}); "
+            f"{about['device']}, XLA {about['xla']}; {versions}; {results['date']}.",
+            "",
+            f"{results['dtype']}; peak matmul {peak:.0f} GFLOP/s; "
             + (
                 "freed memory reused in one arena (zoo.runtime) for all; "
                 if results.get("freed_memory_reused")
@@ -582,9 +656,17 @@ def table(results: dict) -> str:
             )
             + "zoo's steps compiled by zoo.runtime.jit (on CPU: XLA:CPU options of "
             "zoo.runtime.XLA_CPU_OPTIONS), the other JAX steps by jax.jit; "
+            + (
+                f"zoo's steps of {', '.join(split)} split the batch over one CPU device per "
+                "core, as zoo's training does (zoo.training.parallel.default_cpu_devices); "
+                if split
+                else ""
+            )
             + f"median of {results['rounds']} interleaved rounds of {results['steps_per_round']} "
             "steps. Last column: the largest |logit difference| between the implementation and "
             "zoo given its initial weights (imported into zoo), on the benchmark batch.",
+            "",
+            *[f"- {line}" for line in verdicts],
             "",
             "| benchmark | mode | implementation | median ms/step | examples/s | time / zoo's "
             "| GFLOP/s | of peak | warm-up s | logits vs zoo |",
@@ -632,7 +714,11 @@ def plot(results: dict, path: str) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 rounds of 2 steps, small sizes")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 rounds of 2 steps of cnn, lstm and gru (or --only's)",
+    )
     parser.add_argument("--only", help=f"comma list of {', '.join(BENCHMARKS)}")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
@@ -652,13 +738,17 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {list(BENCHMARKS)}")
     rounds, per_round = (3, 2) if args.quick else (args.rounds, args.steps_per_round)
+    # Before JAX starts: zoo's recurrent steps run on one CPU device per core, as in training.
+    data_parallel.use_cpu_cores((BENCHMARKS[n].kind, BENCHMARKS[n].batch) for n in names)
     peers = available_peers()
-    device = jax.devices()[0]
+    about = machine()
     results = {
-        "machine": f"{platform.machine()} x{os.cpu_count()}, {device.device_kind}",
+        "machine": f"{about['cpu']}, {about['cores']} cores, {about['device']}",
         "jax": jax.__version__,
         "torch": peers.get("pytorch"),
         "keras": peers.get("keras"),
+        "about": about,
+        "date": datetime.date.today().isoformat(),
         "dtype": args.dtype,
         "freed_memory_reused": reused,
         "peak_gflops": peak_matmul_gflops(jnp.dtype(args.dtype)),
@@ -666,19 +756,22 @@ def main() -> None:
         "steps_per_round": per_round,
         "benchmarks": {},
     }
-    for name in names:
-        results["benchmarks"][name] = run_benchmark(
-            name, BENCHMARKS[name], peers, args.dtype, rounds, per_round
-        )
-    text = table(results)
-    print(text)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(text + "\n")
+    for name in names:
+        bench = run_benchmark(name, BENCHMARKS[name], peers, args.dtype, rounds, per_round)
+        results["benchmarks"][name] = bench
+        print(verdict(name, bench), flush=True)
+        write(results, args.out)  # after each benchmark: a stopped run keeps what it measured
+    print(table(results))
     if plot(results, os.path.join(args.out, "results.png")):
         print(f"wrote {args.out}/results.json, results.md, results.png")
+
+
+def write(results: dict, out: str) -> None:
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(table(results) + "\n")
 
 
 if __name__ == "__main__":

@@ -124,8 +124,9 @@ if [ "$QUICK" = 1 ]; then  # a dry run: the smallest of each part
     HIDE_KERAS="$OUT/logs/no_keras:"
 else
     TESTS=(
-        tests/layers/test_recurrent.py tests/layers/test_conv.py tests/layers/test_convlstm.py
-        tests/models/test_rnn.py tests/test_runtime.py tests/training/test_precision.py
+        tests/layers/test_recurrent.py tests/layers/test_cudnn.py tests/layers/test_conv.py
+        tests/layers/test_convlstm.py tests/models/test_rnn.py tests/test_runtime.py
+        tests/training/test_precision.py
     )
     COMPARE=(--only "cnn,lstm,gru,resnet18" --rounds 5 --steps-per-round 10)
     CNN_EPOCHS=20 LSTM_EPOCHS=25  # the CNN preset's best epoch was 13; the LSTM preset's are 25

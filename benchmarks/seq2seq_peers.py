@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from data_parallel import SplitBatch  # benchmarks/data_parallel.py, beside this script
 
 from zoo.data.numbers import numbers_split
 from zoo.layers import importers
@@ -112,10 +113,12 @@ def jax_steps(
     dtype,
     jit: Callable = jax.jit,
     gradients: Callable = contextlib.nullcontext,
+    devices: int = 1,
 ) -> dict[str, Any]:
     """Train and inference steps of zoo's model compiled by `jit`, the gradient taken inside
     `gradients()` (zoo's row asks for its hand-written CPU gradients there, as zoo's own train
-    step does); `compare.jax_steps` for a model with lengths and targets."""
+    step does), the batch split over `devices` CPU devices; `compare.jax_steps` for a model with
+    lengths and targets."""
     src, lengths, targets = (jnp.asarray(a) for a in inputs)
     initial = jax.jit(model.init)(jax.random.key(0), src, lengths, targets)
     params = _cast(initial["params"], dtype)
@@ -126,14 +129,22 @@ def jax_steps(
         logits = model.apply({"params": params}, src, lengths, targets=targets)  # (B, T, V)
         return masked_cross_entropy(logits, targets)
 
-    def train(params, opt_state, src, lengths, targets):
+    def grad(params, src, lengths, targets):
         with gradients():
-            grads = jax.grad(loss)(params, src, lengths, targets)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
+            return jax.grad(loss)(params, src, lengths, targets)
 
     def infer(params, src, lengths, targets):  # teacher-forced, as training's forward pass
         return model.apply({"params": params}, src, lengths, targets=targets)
+
+    if devices > 1:  # each device's rows; gradients averaged
+        split = SplitBatch(devices, replicated=1)
+        grad, infer = split.mean(grad, 4), split.rows(infer, 4)
+        state, (src, lengths, targets) = split.whole(state), split.split((src, lengths, targets))
+
+    def train(params, opt_state, src, lengths, targets):
+        grads = grad(params, src, lengths, targets)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
 
     start = time.perf_counter()
     train_c = jit(train, donate_argnums=(0, 1)).lower(*state, src, lengths, targets).compile()

@@ -1,11 +1,13 @@
-"""benchmarks/compare.py --quick runs and writes a well-formed report (timings are not judged),
-and every implementation of the CNN families and of seq2seq computes zoo's function."""
+"""benchmarks/compare.py, scaling.py and sizes.py --quick run and write well-formed reports
+(timings are not judged), and every implementation of the CNN families and of seq2seq computes
+zoo's function."""
 
 import dataclasses
 import importlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -101,8 +103,18 @@ def test_compare_quick_writes_results(tmp_path):
                 seconds = t["median_ms"] / 1e3
                 assert t["median_ms"] > 0 and t["warmup_seconds"] > 0
                 assert abs(t["gflops"] - bench["flops"][mode] / seconds / 1e9) < 1e-6 * t["gflops"]
+    # zoo's GRU step splits its batch over the cores' CPU devices, as train.py does; the CNN's not
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gru_devices = max(n for n in range(1, cores + 1) if 64 % n == 0)
+    assert results["benchmarks"]["gru"]["zoo_devices"] == gru_devices
+    assert results["benchmarks"]["cnn"]["zoo_devices"] == 1
+    assert results["about"]["versions"]["jax"] and results["about"]["cores"] == cores
     text = (tmp_path / "results.md").read_text()
     assert "| cnn | train | zoo |" in text and "| gru | infer | flax |" in text
+    for name, bench in results["benchmarks"].items():  # one verdict line per benchmark
+        ratios = [t["ratio_to_zoo"] for i, t in bench["timings"]["train"].items() if i != "zoo"]
+        fastest = "zoo fastest" if min(ratios) >= 1.0 else "faster than zoo"
+        assert re.search(rf"^- {name} train: .*{fastest}", text, re.M), (name, text)
     if importlib.util.find_spec("matplotlib"):
         assert (tmp_path / "results.png").stat().st_size > 0
 
@@ -145,3 +157,38 @@ def test_presets_records_each_run_and_merges_rows(tmp_path):
     assert row["train_seconds"] == metrics["train_seconds"] > 0
     assert row["command"] == "python train.py --model forecast --seed 0"
     assert row["dataset"] == "series" and row["epochs"] == metrics["epochs"]
+
+
+@pytest.mark.slow
+def test_sizes_quick_writes_every_point(tmp_path):
+    """sizes.py --quick: two points a sweep, the base point measured once and shown in each of
+    the LSTM's sweeps, positive times, and the ratio PyTorch / zoo of the medians."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "sizes.py"), "--quick", "--only", "lstm",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "sizes.json").read_text())
+    sweeps = results["sweeps"]
+    values = {name: [p["value"] for p in sweep["points"]] for name, sweep in sweeps.items()}
+    assert values == {"lstm batch": [32, 64], "lstm steps": [25, 28], "lstm hidden": [64, 128]}
+    base = [p for sweep in sweeps.values() for p in sweep["points"] if p["base"]]
+    assert [(p["batch"], p["shape"], p["hidden"]) for p in base] == [(64, [28, 28], 128)] * 3
+    assert base[0]["timings"] == base[1]["timings"] == base[2]["timings"]  # timed once
+    for name, sweep in sweeps.items():
+        for p in sweep["points"]:
+            timings = p["timings"]
+            assert set(timings) == ({"zoo", "pytorch"} if results["torch"] else {"zoo"})
+            assert timings["zoo"]["compile_seconds"] > 0, name
+            for t in timings.values():
+                assert t["median_ms"] > 0, name
+                expected = p["batch"] / (t["median_ms"] / 1e3)
+                assert abs(t["examples_per_second"] - expected) < 1e-6 * expected, name
+            if results["torch"]:
+                ratio = timings["pytorch"]["median_ms"] / timings["zoo"]["median_ms"]
+                assert p["ratio"] == pytest.approx(ratio, rel=1e-12), name
+            else:
+                assert p["ratio"] is None, name
+    text = (tmp_path / "sizes.md").read_text()
+    assert "### lstm steps (batch 64, hidden 128)" in text and "| 28 (base) |" in text

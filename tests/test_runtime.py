@@ -1,6 +1,8 @@
-"""zoo.runtime: freed memory is reused instead of being faulted in again on every allocation."""
+"""zoo.runtime: freed memory is reused instead of being faulted in again on every allocation;
+CPU devices as cores; zoo's jit."""
 
 import ctypes.util
+import json
 import os
 import subprocess
 import sys
@@ -191,3 +193,58 @@ def test_zoos_train_step_takes_the_hand_written_gradients_and_nothing_else_does(
         traced = str(jax.make_jaxpr(lambda p: forward(p))(params))
     assert traced.count("custom_vjp_call") == 3  # conv, max_pool, the LSTM's scan
     assert not runtime.using_hand_written_gradients()
+
+
+# Asks for CPU devices as a script would, right after `import jax`, and prints what it got.
+CPU_DEVICES = """
+import json, sys
+import jax
+from zoo import runtime
+first = runtime.use_cpu_cores(int(sys.argv[1]), override=sys.argv[2] == "override")
+jax.numpy.zeros(1).block_until_ready()  # the backends start
+late = runtime.use_cpu_cores(1, override=True)
+print(json.dumps([first, late, jax.device_count()]))
+"""
+
+
+def cpu_devices(count: int, override: bool = False, **env: str) -> list:
+    environ = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    out = subprocess.run(
+        [sys.executable, "-c", CPU_DEVICES, str(count), "override" if override else "keep"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**environ, "JAX_PLATFORMS": "cpu", **env},
+    )
+    return json.loads(out.stdout)
+
+
+def test_use_cpu_cores_makes_that_many_devices_before_jax_starts_and_none_after():
+    assert cpu_devices(3) == [3, None, 3]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"XLA_FLAGS": "--xla_force_host_platform_device_count=5"},
+        {"JAX_NUM_CPU_DEVICES": "5"},
+    ],
+)
+def test_use_cpu_cores_keeps_a_count_the_user_set(env):
+    assert cpu_devices(3, **env) == [None, None, 5]
+    assert cpu_devices(3, override=True, **env) == [3, None, 3]
+
+
+def test_use_cpu_cores_refuses_a_count_below_one():
+    from zoo import runtime
+
+    with pytest.raises(ValueError, match="at least 1, got 0"):
+        runtime.use_cpu_cores(0)
+
+
+def test_cpu_cores_is_what_this_process_may_run_on():
+    from zoo import runtime
+
+    expected = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert runtime.cpu_cores() == expected

@@ -60,7 +60,10 @@ def finish(process: subprocess.Popen, timeout: float = 240) -> tuple[int, str, s
 
 # XLA:CPU aborts a run whose device threads do not all reach a collective within 40 s. With
 # forced host devices on the 2-core CI machine this happened twice in CI (4 devices, then 2), at
-# different collectives, and never in a 20,000-step stress loop of a sharded eval step.
+# different collectives, and never in a 20,000-step stress loop of a sharded eval step (which
+# waited for each step). The cause, found 2026-12-04: the loop queued steps without bound, and
+# XLA:CPU's per-device launch queue (32) filled with steps waiting on each other; the loop now
+# waits once two are queued (`parallel.InFlight`). The retry stays for the workers' own loops.
 XLA_CPU_RENDEZVOUS_ABORT = "Termination timeout for"
 
 
@@ -363,3 +366,69 @@ def test_train_py_gives_the_same_run_with_every_layout(tmp_path):
     for name in ("pmap", "sharding"):
         assert len(results[name]["devices"]) == 2 and results[name]["parallel"] == name
         assert_close_runs(results[name], results["none"])
+
+
+def test_default_cpu_devices_splits_recurrent_models_over_the_cores(monkeypatch):
+    monkeypatch.setattr(parallel_lib.runtime, "cpu_cores", lambda: 4)
+    default = parallel_lib.default_cpu_devices
+    assert default("lstm", 64) == 4 and default("seq2seq", 128) == 4
+    assert default("gru", 33) == 3  # the most devices that split the batch evenly
+    assert default("tagger", 62) == 2 and default("charlm", 31) == 1
+    assert default("lstm", 64, processes=2) == 4 and default("lstm", 12, processes=2) == 3
+    for model in ("cnn", "resnet18", "mobilenet_v2", "tcn", "convlstm", "cnn_lstm", "forecast"):
+        assert default(model, 64) == 1, model  # measured slower on several devices
+
+
+def test_in_flight_waits_for_the_oldest_step_beyond_its_depth(monkeypatch):
+    waited = []
+    monkeypatch.setattr(parallel_lib.jax, "block_until_ready", waited.append)
+    in_flight = parallel_lib.InFlight(depth=2)
+    for step in range(5):
+        in_flight.add(step)
+        assert len(in_flight.queue) == min(step + 1, 2)
+    assert waited == [0, 1, 2]
+
+
+RECURRENT_RUN = ["--model", "lstm", "--model-option", "hidden_sizes=(16,)", "--epochs", "1"]
+RECURRENT_RUN += ["--batch-size", "48"]
+
+
+@pytest.mark.slow
+def test_train_py_splits_a_recurrent_model_over_the_cores_with_one_devices_results(tmp_path):
+    """By default (`--cpu-devices auto`) a recurrent model trains on one CPU device per core,
+    as the same run on one device. (A count set in XLA_FLAGS is kept: test_runtime.py.)"""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cores < 2:
+        pytest.skip("one core: auto makes one device")
+    plain = os.environ | {"JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    plain.pop("XLA_FLAGS", None)
+    results = {}
+    for name, flags in {"auto": [], "one": ["--cpu-devices", "1"]}.items():
+        out = tmp_path / name
+        process = subprocess.run(
+            [sys.executable, *cli(*RECURRENT_RUN, *flags, "--out", str(out))],
+            cwd=ROOT,
+            env=plain,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert process.returncode == 0, process.stderr[-2000:]
+        results[name] = json.loads((out / "metrics.json").read_text())
+    expected = max(n for n in range(1, cores + 1) if 48 % n == 0)
+    assert len(results["auto"]["devices"]) == expected
+    assert len(results["one"]["devices"]) == 1
+    assert_close_runs(results["auto"], results["one"])
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_a_bad_cpu_device_count_is_refused(value):
+    process = subprocess.run(
+        [sys.executable, *cli("--cpu-devices", value)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == 2
+    assert f"--cpu-devices: expected auto or a count of at least 1, got {value!r}" in process.stderr

@@ -38,6 +38,9 @@ are zero, so a padded batch gives each sequence's own result.
 
 Recurrent dropout (Gal & Ghahramani 2016; Keras' `recurrent_dropout`) multiplies the `h` that
 enters `h U` by a mask `(B, H)` drawn once per sequence, before the scan, and used at every step.
+
+`StackedRNN(..., implementation="cudnn")` runs a whole LSTM stack as cuDNN's fused kernel instead
+(`zoo.layers.cudnn`): opt-in and experimental, CUDA only, with the same params.
 """
 
 import functools
@@ -78,6 +81,40 @@ def check_cell(cell: str, activation: str = "tanh") -> None:
         )
     if cell != "rnn" and activation != "tanh":
         raise ValueError(f"activation={activation!r} applies to cell='rnn' only, not {cell!r}")
+
+
+IMPLEMENTATIONS = ("scan", "cudnn")  # StackedRNN's: zoo's lax.scan, or cuDNN's fused LSTM
+
+
+def check_implementation(
+    implementation: str,
+    cell: str,
+    hidden_sizes: Sequence[int] = (),
+    recurrent_dropout: float = 0.0,
+) -> None:
+    """Rejects an unknown `implementation`, and 'cudnn' with a configuration cuDNN's LSTM cannot
+    run (another cell, layers of different sizes, recurrent dropout), saying what applies: asked
+    for by name, it is never swapped for the scan behind the user's back."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"unknown implementation {implementation!r}; choose from: {', '.join(IMPLEMENTATIONS)}"
+        )
+    if implementation != "cudnn":
+        return
+    if cell != "lstm":
+        raise ValueError(
+            f"implementation='cudnn' runs LSTMs only, not cell={cell!r}; use implementation='scan'"
+        )
+    if len(set(hidden_sizes)) > 1:
+        raise ValueError(
+            f"implementation='cudnn' needs one hidden size for every layer (cuDNN stacks layers "
+            f"of one size), got hidden_sizes={tuple(hidden_sizes)}"
+        )
+    if recurrent_dropout:
+        raise ValueError(
+            f"implementation='cudnn' has no recurrent dropout (cuDNN's LSTM has none), got "
+            f"recurrent_dropout={recurrent_dropout}; use implementation='scan'"
+        )
 
 
 def project(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
@@ -540,6 +577,10 @@ class StackedRNN(nn.Module):
     last valid step concatenated with the backward state at step 0, as Keras and PyTorch do);
     D is the last hidden size, doubled when bidirectional. `final_states` holds one carry per layer,
     a `(forward, backward)` pair per layer when bidirectional.
+
+    `implementation="cudnn"` (default "scan") runs an LSTM stack as one call of cuDNN's fused
+    kernel, with the same params: see `zoo.layers.cudnn` for what it needs. Asked for on a
+    configuration or a machine it cannot run on, it raises instead of falling back to the scan.
     """
 
     cell: str
@@ -553,6 +594,7 @@ class StackedRNN(nn.Module):
     activation: str = "tanh"  # the simple RNN's
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    implementation: str = "scan"  # or "cudnn", LSTM on CUDA only
 
     @nn.compact
     def __call__(
@@ -568,6 +610,14 @@ class StackedRNN(nn.Module):
                 f"initial_states needs one state per layer ({len(self.hidden_sizes)}), "
                 f"got {len(initial_states)}"
             )
+        check_implementation(
+            self.implementation, self.cell, self.hidden_sizes, self.recurrent_dropout
+        )
+        if self.implementation == "cudnn":
+            h, states = self._fused_lstm(x, lengths, initial_states, train)
+            if self.return_sequences:
+                return h, states
+            return _final_hidden(states[-1], self.cell, self.bidirectional), states
         states, h = [], x
         for i, hidden in enumerate(self.hidden_sizes):
             if i and self.dropout:
@@ -598,6 +648,56 @@ class StackedRNN(nn.Module):
         if self.return_sequences:
             return h, states
         return _final_hidden(states[-1], self.cell, self.bidirectional), states
+
+    def _fused_lstm(
+        self,
+        x: jax.Array,
+        lengths: jax.Array | None,
+        initial_states: Sequence[Carry] | None,
+        train: bool,
+    ) -> tuple[jax.Array, list[Carry]]:
+        """The stack as one `zoo.layers.cudnn.stacked_lstm` call, over params declared under the
+        scan's names, shapes and initializers (`_LSTMWeights`)."""
+        from zoo.layers import cudnn  # here: cudnn.py builds on this module
+
+        if train and self.dropout and len(self.hidden_sizes) > 1:
+            raise ValueError(
+                f"implementation='cudnn' cannot apply dropout={self.dropout} between layers in "
+                "training (cuDNN draws its own masks, not Flax's); use implementation='scan', or "
+                "dropout=0"
+            )
+        directions = ("_forward", "_backward") if self.bidirectional else ("",)
+        params, features = {}, x.shape[-1]
+        for i, hidden in enumerate(self.hidden_sizes):
+            for direction in directions:
+                name = f"layer_{i}{direction}"
+                params[name] = _LSTMWeights(hidden, self.param_dtype, name=name)(features)
+            features = hidden * len(directions)
+        leaves, tree = jax.tree.flatten(params)
+        x, *leaves = nn.dtypes.promote_dtype(x, *leaves, dtype=self.dtype)  # as the scan computes
+        params = jax.tree.unflatten(tree, leaves)
+        return cudnn.stacked_lstm(params, x, lengths, initial_states=initial_states)
+
+
+class _LSTMWeights(nn.Module):
+    """One LSTM layer's params, declared as `Recurrent` declares them (names, shapes,
+    initializers, order), so the cuDNN path's params and their initial values are the scan's."""
+
+    hidden_size: int
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: int) -> CellParams:
+        width, dtype = 4 * self.hidden_size, self.param_dtype
+        return {
+            "kernel": self.param(
+                "kernel", nn.initializers.glorot_uniform(), (features, width), dtype
+            ),
+            "recurrent_kernel": self.param(
+                "recurrent_kernel", nn.initializers.orthogonal(), (self.hidden_size, width), dtype
+            ),
+            "bias": self.param("bias", _lstm_bias_init, (width,), dtype),
+        }
 
 
 def _final_hidden(state: Any, cell: str, bidirectional: bool) -> jax.Array:

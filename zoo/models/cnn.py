@@ -83,8 +83,9 @@ class ConvNet(nn.Module):
       dropout: drop rate after each stage and hidden dense layer; active only with `train=True`.
       residual: residual blocks instead of single convolutions.
       dense: widths of the hidden dense layers.
-      batch_norm_axis: a `jax.pmap` axis name over which batch norm computes its statistics, so
-        they are those of the global batch (zoo's `--parallel pmap` sets it); None: this call's.
+      batch_norm_axis: a `pmap` or `shard_map` axis name over which batch norm computes its
+        statistics, so they are those of the global batch (zoo's layouts set it); None: this
+        call's.
       dtype: of the computation, e.g. `jnp.bfloat16`; None: promoted from inputs and params.
       param_dtype: of the parameters.
     """

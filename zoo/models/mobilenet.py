@@ -46,7 +46,7 @@ class MobileNetV2(nn.Module):
       alpha: width multiplier of every layer (0.35 to 1.4 in the paper).
       dropout: drop rate before the logits, in training only (Keras: none; torchvision: 0.2).
       include_top: logits; False returns the pooled features `(*batch, 1280)`.
-      batch_norm_axis: a `jax.pmap` axis to take batch statistics over.
+      batch_norm_axis: a `pmap` or `shard_map` axis to take batch statistics over.
     """
 
     num_classes: int = 1000

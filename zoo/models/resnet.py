@@ -54,7 +54,7 @@ class ResNet(nn.Module):
       shortcut: 'projection' (1x1 convolution and batch norm where the shape changes) or 'pad'.
       include_top: logits; False returns the pooled features `(*batch, channels)`.
       keras_layout: Keras' `applications.ResNet50` layout (see the module docstring).
-      batch_norm_axis: a `jax.pmap` axis to take batch statistics over.
+      batch_norm_axis: a `pmap` or `shard_map` axis to take batch statistics over.
     """
 
     depth: int = 50

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.layers.conv import Conv, max_pool
-from zoo.layers.recurrent import StackedRNN, check_cell
+from zoo.layers.recurrent import StackedRNN, check_cell, check_implementation
 from zoo.models.inputs import batch_shape, check_input, dtypes
 
 
@@ -72,6 +72,7 @@ def _stacked_rnn(model: nn.Module, *, return_sequences: bool) -> StackedRNN:
         recurrent_dropout=model.recurrent_dropout,
         unroll=model.unroll,
         activation=model.activation,
+        implementation=model.implementation,
         **dtypes(model),
     )
 
@@ -98,6 +99,8 @@ class RNNClassifier(nn.Module):
       dtype: of the computation and the recurrent state, e.g. `jnp.bfloat16`; None: promoted
         from inputs and params. Every model here has it and `param_dtype` (Flax's convention).
       param_dtype: of the parameters.
+      implementation: 'scan' (zoo's, the default) or 'cudnn': an LSTM stack as cuDNN's fused
+        kernel, CUDA and float32 only, the same params (experimental: `zoo.layers.cudnn`).
     """
 
     input_shape: Sequence[int | None]
@@ -112,10 +115,14 @@ class RNNClassifier(nn.Module):
     unroll: int = 1
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    implementation: str = "scan"
 
     def __post_init__(self):
         _check_options(self.cell, self.dropout, self.hidden_sizes, self.recurrent_dropout)
         check_cell(self.cell, self.activation)
+        check_implementation(
+            self.implementation, self.cell, self.hidden_sizes, self.recurrent_dropout
+        )
         super().__post_init__()
 
     @nn.compact
@@ -205,7 +212,8 @@ class Tagger(nn.Module):
       input_shape: `(steps,)` of token ids or `(steps, features)`, steps None for any; None
         (the default): any steps, and any features.
       embed_dim: of the token embedding.
-      cell: 'rnn', 'lstm' or 'gru'; the other recurrent options are `RNNClassifier`'s.
+      cell: 'rnn', 'lstm' or 'gru'; the other recurrent options (`implementation` too) are
+        `RNNClassifier`'s.
     """
 
     num_classes: int = 2
@@ -222,10 +230,14 @@ class Tagger(nn.Module):
     unroll: int = 1
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    implementation: str = "scan"
 
     def __post_init__(self):
         _check_options(self.cell, self.dropout, self.hidden_sizes, self.recurrent_dropout)
         check_cell(self.cell, self.activation)
+        check_implementation(
+            self.implementation, self.cell, self.hidden_sizes, self.recurrent_dropout
+        )
         tokens = self.vocab_size is not None
         if self.input_shape is not None and len(self.input_shape) != (1 if tokens else 2):
             raise ValueError(

@@ -42,7 +42,7 @@ class VGG(nn.Module):
       dense: widths of the hidden dense layers.
       dropout: drop rate after each hidden dense layer, in training only.
       include_top: logits; False returns the globally averaged last feature map `(*batch, C)`.
-      batch_norm_axis: a `jax.pmap` axis to take batch statistics over.
+      batch_norm_axis: a `pmap` or `shard_map` axis to take batch statistics over.
     """
 
     depth: int = 16

@@ -25,7 +25,7 @@ from zoo.training.checkpoint import Checkpointer, TerminationGuard, open_checkpo
 from zoo.training.config import ConfigError, TrainConfig
 from zoo.training.early_stopping import EarlyStopping, check_monitor, default_monitor
 from zoo.training.metrics import evaluate, majority_tag_accuracy, mean_image_mse
-from zoo.training.parallel import DataParallel, prefetch
+from zoo.training.parallel import DataParallel, InFlight, prefetch
 from zoo.training.precision import LossScale
 from zoo.training.progress import EpochProgress, on_terminal
 from zoo.training.state import (
@@ -518,10 +518,12 @@ def _train_epoch(run, stream, config, epoch, steps_per_epoch, show_bar, checkpoi
     with EpochProgress(
         epoch, config.epochs, steps_per_epoch - done, config.batch_size, enabled=show_bar
     ) as bar:
+        in_flight = InFlight()
         for batch in prefetch(batches, layout.put_batch):
             run.state, batch_metrics = layout.train_step(run.state, batch)
             run.step += 1
             bar.step(batch_metrics)
+            in_flight.add(batch_metrics)
             if guard.should_stop(run.step):
                 save_checkpoint(checkpoints, run, config)
                 raise Preempted(run.step, checkpoints.directory, run.step != guard.stop_at_step)

@@ -16,7 +16,7 @@ import numpy as np
 from zoo import data
 from zoo.data.splits import Split
 from zoo.training import parallel as parallel_lib
-from zoo.training.parallel import DataParallel, fetch_replicated, prefetch
+from zoo.training.parallel import DataParallel, InFlight, fetch_replicated, prefetch
 from zoo.training.state import TrainState
 from zoo.training.steps import summarize_metrics
 
@@ -88,10 +88,12 @@ def evaluate(
     layout = layout or parallel_lib.create("none")
     predictions, sums = [], []
     batches = data.batches(split, batch_size, remainder="pad", shard=layout.shard())
+    in_flight = InFlight()
     for batch in prefetch(batches, layout.put_batch):
         batch_predictions, batch_sums = layout.eval_step(state, batch)
         predictions.append(batch_predictions)
         sums.append(batch_sums)
+        in_flight.add(batch_sums)
     summary = summarize_metrics(sums)
     if state.task in ("regress", "reconstruct"):
         return {"loss": summary["loss"], "mse": summary["loss"]}

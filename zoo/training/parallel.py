@@ -2,19 +2,20 @@
 
 Three layouts of the same computation, picked by `--parallel`:
 
-- `sharding` (default): `zoo.runtime.jit` over a one-axis `Mesh` of all devices; batches are
-  split along the `data` axis with a `NamedSharding`, the train state is replicated, and XLA
-  inserts the gradient all-reduce. The same code takes model-sharded layouts by changing the
-  state's sharding.
-- `pmap`: `jax.pmap` over the local devices; the state has a leading device axis, and the step
-  averages gradients, loss and batch-norm statistics with `lax.pmean` over the `data` axis.
+- `sharding` (default): `zoo.runtime.jit` of a `jax.shard_map` over a one-axis `Mesh` of all
+  devices; batches are global arrays split along the `data` axis, the train state is replicated,
+  and each device runs the step on its rows, averaging gradients, loss and batch-norm statistics
+  with `lax.pmean` over `data`. (Left to XLA's partitioner, a plain `jit` over the same shardings
+  ran the recurrent models' scans whole on every device: the seed LSTM's step on 2 CPU devices
+  took 25.0 ms against 23.3 on one; under `shard_map`, 17.2 against 24.1.)
+- `pmap`: `jax.pmap` over the local devices; the state has a leading device axis, the same
+  per-device step.
 - `none`: one device, `zoo.runtime.jit`.
 
 All three run the same global batch and end with the same parameters up to float summation
-order (batch norm uses global batch statistics: the model's `batch_norm_axis` under pmap, the
-global array under jit). In a multi-process run (`jax.distributed`) process `p` of `P` reads only
-rows `[p*B/P, (p+1)*B/P)` of each global batch of `B` rows, and the devices of all processes
-form the mesh.
+order (batch norm uses global batch statistics: the model's `batch_norm_axis`). In a
+multi-process run (`jax.distributed`) process `p` of `P` reads only rows `[p*B/P, (p+1)*B/P)`
+of each global batch of `B` rows, and the devices of all processes form the mesh.
 """
 
 import collections
@@ -33,7 +34,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from zoo import runtime
+from zoo import models, runtime
 from zoo.data.batching import Batch
 from zoo.training.config import ConfigError
 from zoo.training.steps import eval_step, eval_step_fn, train_step, train_step_fn
@@ -41,6 +42,7 @@ from zoo.training.steps import eval_step, eval_step_fn, train_step, train_step_f
 PARALLEL = ("sharding", "pmap", "none")
 DATA_AXIS = "data"
 PREFETCH = 2  # batches put on devices ahead of the step that uses them
+IN_FLIGHT = 2  # steps dispatched and not yet finished, at most
 
 
 class DataParallel:
@@ -96,7 +98,8 @@ class DataParallel:
 
 
 class Sharded(DataParallel):
-    """`jax.jit` on a `Mesh` of all devices: batches split along `data`, the state replicated."""
+    """`jax.shard_map` over a `Mesh` of all devices, jitted: batches split along `data`, the
+    state replicated, the per-device step of `pmap` (`axis_name`)."""
 
     name = "sharding"
 
@@ -105,17 +108,23 @@ class Sharded(DataParallel):
         mesh = Mesh(np.asarray(devices), (DATA_AXIS,))
         self.replicated = NamedSharding(mesh, P())
         self.data = NamedSharding(mesh, P(DATA_AXIS))
-        self._train_step = runtime.jit(
-            train_step_fn,
-            in_shardings=(self.replicated, self.data),
-            out_shardings=(self.replicated, self.replicated),
-            donate_argnums=0,
-        )
-        self._eval_step = runtime.jit(
-            eval_step_fn,
-            in_shardings=(self.replicated, self.data),
-            out_shardings=(self.replicated, self.replicated),
-        )
+
+        def per_device(step: Callable) -> Callable:
+            # check_vma=False: the recurrent layers' zero initial carries are not marked as
+            # varying over `data`, as a scan under shard_map's check would have them.
+            return jax.shard_map(
+                functools.partial(step, axis_name=DATA_AXIS),
+                mesh=mesh,
+                in_specs=(P(), P(DATA_AXIS)),
+                out_specs=(P(), P()),
+                check_vma=False,
+            )
+
+        self._train_step = runtime.jit(per_device(train_step_fn), donate_argnums=0)
+        self._eval_step = runtime.jit(per_device(eval_step_fn))
+
+    def prepare_model(self, model: Any) -> Any:
+        return _global_batch_norm(model)
 
     def put(self, tree: Any) -> Any:
         def replicate(leaf: Any) -> jax.Array:
@@ -162,9 +171,7 @@ class Pmapped(DataParallel):
         )
 
     def prepare_model(self, model: Any) -> Any:
-        if hasattr(model, "batch_norm_axis"):  # statistics of the global batch, not the shard
-            return model.clone(batch_norm_axis=DATA_AXIS)
-        return model
+        return _global_batch_norm(model)
 
     def put(self, tree: Any) -> Any:
         n = len(self.local_devices)
@@ -185,6 +192,13 @@ class Pmapped(DataParallel):
         )
 
 
+def _global_batch_norm(model: Any) -> Any:
+    """`model` taking batch-norm statistics over the global batch, not each device's rows."""
+    if hasattr(model, "batch_norm_axis"):
+        return model.clone(batch_norm_axis=DATA_AXIS)
+    return model
+
+
 def _first_shard(leaf: Any) -> Any:
     return leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
 
@@ -194,6 +208,20 @@ def fetch_replicated(tree: Any) -> Any:
     the first local shard is the whole value, also in multi-process runs where other processes'
     shards are not addressable."""
     return jax.tree.map(lambda leaf: jax.device_get(_first_shard(leaf)), tree)
+
+
+def default_cpu_devices(model: str, batch_size: int, processes: int = 1) -> int:
+    """How many CPU devices `train.py` makes for `model` (`zoo.runtime.use_cpu_cores`) unless
+    told: one per core for recurrent models (`zoo.models.recurrent`), whose per-step matmuls each
+    run on one core (on 2 cores the seed LSTM's train step went from 24.1 to 17.2 ms, the GRU's
+    from 20.6 to 17.0 ms), and one for the rest, whose convolutions use every core already (the
+    seed CNN: 18.8 -> 19.6 ms, MobileNetV2: 246 -> 306 ms; docs/devices.md has whole runs).
+    Lowered to the largest count that splits each of `processes`' share of `batch_size` evenly,
+    so any batch size still runs."""
+    if not models.recurrent(model):
+        return 1
+    rows = batch_size // processes if batch_size % processes == 0 else 1
+    return max(n for n in range(1, runtime.cpu_cores() + 1) if rows % n == 0)
 
 
 def create(name: str, devices: list[jax.Device] | None = None) -> DataParallel:
@@ -224,6 +252,23 @@ def prefetch(
         yield queue.popleft()
         for batch in itertools.islice(batches, 1):
             queue.append(put(batch))
+
+
+class InFlight:
+    """Bounds how far the host runs ahead of the devices: `add` a step's outputs, and once more
+    than `depth` steps are queued it waits for the oldest. Two keep the devices busy. Unbounded,
+    XLA:CPU's launch queue of several CPU devices (32 per device) could fill with steps waiting
+    on each other, and an all-reduce waited for a device that had no launch slot left: the
+    tagger's run on 2 CPU devices hung in 4 of 4 tries; bounded, it ran 10 of 10."""
+
+    def __init__(self, depth: int = IN_FLIGHT):
+        self.depth = depth
+        self.queue: collections.deque = collections.deque()
+
+    def add(self, outputs: Any) -> None:
+        self.queue.append(outputs)
+        if len(self.queue) > self.depth:
+            jax.block_until_ready(self.queue.popleft())
 
 
 def initialize_distributed(

@@ -163,10 +163,10 @@ def train_step_fn(
     batch-norm stats. `train_step` is this function jitted (`zoo.runtime.jit`), the state
     donated.
 
-    Under `jax.pmap` with `axis_name`, each device holds a shard of the batch: the loss,
-    gradients and batch-norm statistics are averaged over the axis and the metric sums added up,
-    so every device applies the global batch's update; dropout and augmentation keys also fold
-    in the device index so shards draw different masks.
+    Under `jax.pmap` or `jax.shard_map` with `axis_name`, each device holds a shard of the
+    batch: the loss, gradients and batch-norm statistics are averaged over the axis and the
+    metric sums added up, so every device applies the global batch's update; dropout and
+    augmentation keys also fold in the device index so shards draw different masks.
 
     With `state.dynamic_loss_scale` (float16) the loss is multiplied by `state.loss_scale`
     before differentiating and the gradients divided by it after (`zoo.training.precision`); a
@@ -178,7 +178,7 @@ def train_step_fn(
     the weights of the last good step.
     """
     step_key = jax.random.fold_in(state.key, state.step)
-    if axis_name is not None:
+    if axis_name is not None and jax.lax.axis_size(axis_name) > 1:  # one device: as without
         step_key = jax.random.fold_in(step_key, jax.lax.axis_index(axis_name))
     dropout_key, augment_key = jax.random.split(step_key)
     if state.augment:
@@ -237,8 +237,8 @@ def eval_step_fn(
     A VAE's ELBO is estimated at one `z ~ q(z|x)` per example, drawn from the same key at every
     evaluation (folded from the state's), so validation epochs compare on the same noise.
 
-    Under `jax.pmap` with `axis_name`, the predictions are gathered and the sums added up over
-    the axis, so every device returns those of the global batch.
+    Under `jax.pmap` or `jax.shard_map` with `axis_name`, the predictions are gathered and the
+    sums added up over the axis, so every device returns those of the global batch.
     """
     variables = _variables(state.params, state.batch_stats)
     rngs = {"latent": jax.random.fold_in(state.key, _EVAL_NOISE)} if state.task == "vae" else {}
@@ -263,7 +263,7 @@ eval_step = runtime.jit(eval_step_fn)
 def summarize_metrics(step_metrics: list[Metrics]) -> dict[str, float]:
     """Mean loss (and accuracy, when counted, and the mean of every other `NAME_sum` as `NAME`)
     over a list of per-step metric sums; one host sync."""
-    totals = jax.device_get(jax.tree.map(lambda *xs: sum(xs), *step_metrics))
+    totals = jax.tree.map(lambda *xs: sum(xs), *jax.device_get(step_metrics))
     count = max(float(totals["count"]), 1.0)
     summary = {"loss": float(totals["loss_sum"]) / count}
     if "correct" in totals:
