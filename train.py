@@ -208,7 +208,7 @@ _GROUPS = {
         "out resume overwrite stop_after_steps checkpoint_every keep_checkpoints init_from "
         "max_bad_steps debug_nans"
     ),
-    "devices and hosts": ("parallel cpu_devices coordinator num_processes process_id init_timeout"),
+    "devices and hosts": "parallel cpu_devices coordinator num_processes process_id init_timeout",
     "output": "quiet plot tensorboard show_config",
     "search": "space space_file method trials storage study",
 }

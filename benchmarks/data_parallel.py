@@ -3,7 +3,7 @@ recurrent model's batch over one CPU device per core (`zoo.training.parallel.def
 `zoo.runtime.use_cpu_cores`), so the benchmarks time zoo's train step that way too.
 
 `use_cpu_cores` runs before JAX starts (each script's `main`); `zoo_devices` says how many
-devices a benchmark's zoo step takes; `split_batch` runs a gradient function on each device's
+devices a benchmark's zoo step takes; `SplitBatch` runs a gradient function on each device's
 rows and averages the results over the devices, as zoo's `sharding` layout does.
 """
 
