@@ -97,10 +97,10 @@ def test_float16_skips_overflowing_steps_halves_the_scale_and_then_trains(digits
 @pytest.mark.optimized
 @pytest.mark.parametrize(
     "name, overrides",
-    [("cnn", {"epochs": 20, "augment": (), "patience": None, "learning_rate": 2e-3})],
+    [("cnn", {"epochs": 8, "augment": (), "patience": None, "learning_rate": 2e-3})],
 )
 def test_seed_models_train_in_bfloat16_as_well_as_in_float32(tmp_path, name, overrides):
-    # Measured 2026-12-01: cnn 0.9805 in both dtypes with these settings.
+    # Measured: cnn 0.9833 in 10.5 s (2026-12-04; 20 epochs: 0.9805 in both dtypes, 2026-12-01).
     pytest.importorskip("sklearn")
     config = TrainConfig.for_model(name, dtype="bfloat16", **overrides)
     results = train_and_evaluate(config, str(tmp_path), log=lambda _: None, verbose=False)
