@@ -46,6 +46,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import compiled  # benchmarks/compiled.py, beside this script
 import data_parallel  # benchmarks/data_parallel.py, beside this script
 import flax.linen as nn
 import jax
@@ -98,13 +99,6 @@ QUICK = ("cnn", "lstm", "gru")
 RECURRENT = ("rnn", "lstm", "gru")
 
 
-def _cast(tree, dtype):
-    def cast(a):
-        return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
-
-    return jax.tree.map(cast, tree)
-
-
 def jax_steps(
     model: nn.Module,
     x: np.ndarray,
@@ -129,7 +123,7 @@ def jax_steps(
     training does (`data_parallel.py`).
     """
     initial = jax.jit(model.init)(jax.random.key(0), x)  # the same values as eagerly, sooner
-    params = _cast(initial["params"], dtype)
+    params = compiled.cast(initial["params"], dtype)
     tx = optax.adam(1e-3)
     state = [params, initial.get("batch_stats"), tx.init(params)]  # batch_stats None: no norm
     x, y = jax.device_put(x.astype(dtype)), jax.device_put(y)
@@ -176,24 +170,7 @@ def jax_steps(
         return steps
     if devices > 1:
         state, x, y = split.whole(state), split.split(x), split.split(y)
-    start = time.perf_counter()
-    train_c = jit(train, donate_argnums=(0, 1, 2)).lower(*state, x, y).compile()
-    train_compile = time.perf_counter() - start
-    start = time.perf_counter()
-    infer_c = jit(infer).lower(*state[:2], x).compile()
-    infer_compile = time.perf_counter() - start
-
-    def run_train():
-        state[:] = train_c(*state, x, y)
-        jax.block_until_ready(state)
-
-    def run_infer():
-        jax.block_until_ready(infer_c(*state[:2], x))
-
-    steps["train"], steps["infer"] = run_train, run_infer
-    steps["flops"] = {"train": _flops(train_c), "infer": _flops(infer_c)}
-    steps["compile_seconds"] = {"train": train_compile, "infer": infer_compile}
-    return steps
+    return steps | compiled.compile_steps(jit, train, state, (x, y), infer, lambda s: (*s[:2], x))
 
 
 def rnn_flops(bench: Benchmark) -> dict[str, float]:
@@ -208,13 +185,6 @@ def rnn_flops(bench: Benchmark) -> dict[str, float]:
     )
     infer = steps * per_step + 2 * bench.batch * bench.hidden * 10
     return {"train": 3.0 * infer, "infer": float(infer)}
-
-
-def _flops(compiled) -> float | None:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, list):
-        analysis = analysis[0] if analysis else {}
-    return float(analysis["flops"]) if analysis and "flops" in analysis else None
 
 
 class FlaxCNN(nn.Module):

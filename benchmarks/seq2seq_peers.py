@@ -23,10 +23,10 @@ PyTorch and Keras are imported only when their builders run, so a missing peer c
 """
 
 import contextlib
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import compiled  # benchmarks/compiled.py, beside this script
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -97,13 +97,6 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def _cast(tree, dtype):
-    def cast(a):
-        return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
-
-    return jax.tree.map(cast, tree)
-
-
 # --- zoo (JAX) ----------------------------------------------------------------------------------
 
 
@@ -121,7 +114,7 @@ def jax_steps(
     lengths and targets."""
     src, lengths, targets = (jnp.asarray(a) for a in inputs)
     initial = jax.jit(model.init)(jax.random.key(0), src, lengths, targets)
-    params = _cast(initial["params"], dtype)
+    params = compiled.cast(initial["params"], dtype)
     tx = optax.adam(1e-3)
     state = [params, tx.init(params)]
 
@@ -146,25 +139,8 @@ def jax_steps(
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    start = time.perf_counter()
-    train_c = jit(train, donate_argnums=(0, 1)).lower(*state, src, lengths, targets).compile()
-    train_compile = time.perf_counter() - start
-    start = time.perf_counter()
-    infer_c = jit(infer).lower(state[0], src, lengths, targets).compile()
-    infer_compile = time.perf_counter() - start
-
-    def run_train():
-        state[:] = train_c(*state, src, lengths, targets)
-        jax.block_until_ready(state)
-
-    def run_infer():
-        jax.block_until_ready(infer_c(state[0], src, lengths, targets))
-
-    return {
-        "train": run_train,
-        "infer": run_infer,
-        "compile_seconds": {"train": train_compile, "infer": infer_compile},
-    }
+    batch = (src, lengths, targets)
+    return compiled.compile_steps(jit, train, state, batch, infer, lambda s: (s[0], *batch))
 
 
 def zoo_logits(model: Seq2Seq, variables: Variables, inputs: Inputs) -> np.ndarray:
