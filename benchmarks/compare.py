@@ -620,7 +620,7 @@ def table(results: dict) -> str:
             "",
             f"{results['dtype']}; peak matmul {peak:.0f} GFLOP/s; "
             + (
-                "freed memory reused in one arena (zoo.runtime) for all; "
+                "freed memory reused (zoo.runtime, as train.py) for all; "
                 if results.get("freed_memory_reused")
                 else ""
             )
@@ -697,12 +697,13 @@ def main() -> None:
     parser.add_argument(
         "--plain-malloc",
         action="store_true",
-        help="leave glibc's defaults (by default freed memory is reused in one arena: zoo.runtime)",
+        help="leave glibc's defaults (by default freed memory is reused, as train.py does)",
     )
     args = parser.parse_args()
-    # Process-wide, so every implementation measured here gets the same allocator; one arena,
-    # since the steps run alone here, with no prefetch thread allocating beside them.
-    reused = not args.plain_malloc and reuse_freed_memory(single_arena=True)
+    # Process-wide, so every implementation measured here gets the same allocator: train.py's.
+    # Not one arena for every thread: with a step split over CPU devices, their threads then
+    # queue on one heap lock (zoo's seq2seq step 21 -> 37 ms, the CNN 19 -> 24; NOTES.md).
+    reused = not args.plain_malloc and reuse_freed_memory()
     names = args.only.split(",") if args.only else list(QUICK if args.quick else BENCHMARKS)
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:

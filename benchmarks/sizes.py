@@ -203,8 +203,8 @@ def main() -> None:
     unknown = sorted(set(models) - set(SWEEPS))
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {list(SWEEPS)}")
-    # As compare.py does: glibc keeps freed memory, one arena for every thread.
-    reused = reuse_freed_memory(single_arena=True)
+    # As compare.py and train.py do: glibc keeps freed memory.
+    reused = reuse_freed_memory()
     # Before JAX starts: zoo's LSTM steps run on one CPU device per core, as in training.
     data_parallel.use_cpu_cores((BASES[m].kind, BASES[m].batch) for m in models)
     peers = {k: v for k, v in compare.available_peers().items() if k == "pytorch"}

@@ -9,6 +9,7 @@ import pytest
 from zoo import models
 from zoo.data.batching import Batch
 from zoo.data.splits import Split
+from zoo.models import seq2seq
 from zoo.models.seq2seq import (
     BOS,
     EOS,
@@ -230,6 +231,29 @@ def test_teacher_forcing_feeds_the_targets_shifted_right_behind_bos():
     for t, token in enumerate([BOS, 3, 4, 2, 0, 0]):
         state, (step_logits, _) = model.step(params, state, jnp.full((3,), token), memory)
         np.testing.assert_allclose(logits[:, t], step_logits, rtol=1e-5, atol=1e-6)
+
+
+def test_unrolled_and_looped_teacher_forcing_agree_with_gradients(monkeypatch):
+    """On CPU targets up to `UNROLL_TARGETS` long decode unrolled, longer ones in a loop."""
+    model, variables, src, lengths = _model()
+    targets = np.array([[3, 4, 2, 5, 0, 0], [4, 4, 3, 2, 6, 0], [6, 3, 2, 0, 0, 0]], np.int32)
+
+    def run():  # a new function, traced anew: the option is read while tracing
+        def loss(params):
+            logits = model.apply({"params": params}, src, lengths, targets=targets)
+            return jnp.sum(jnp.sin(logits)), logits
+
+        grad = jax.value_and_grad(loss, has_aux=True)
+        return str(jax.make_jaxpr(grad)(variables["params"])), jax.jit(grad)(variables["params"])
+
+    jaxpr, ((_, unrolled), d_unrolled) = run()
+    assert "unroll=6" in jaxpr  # the decoder's 6 steps
+    monkeypatch.setattr(seq2seq, "UNROLL_TARGETS", 5)
+    jaxpr, ((_, looped), d_looped) = run()
+    assert "unroll=6" not in jaxpr
+    np.testing.assert_allclose(unrolled, looped, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(d_unrolled), jax.tree.leaves(d_looped), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_cut_at_eos_pads_everything_after_the_first_eos():
