@@ -3,7 +3,6 @@
 Slow (the char LM trains for about a minute) but cheap next to what they guard.
 """
 
-import dataclasses
 import json
 
 import numpy as np
@@ -17,8 +16,10 @@ from zoo.training import TrainConfig, train_and_evaluate
 pytestmark = [pytest.mark.slow, pytest.mark.optimized]
 
 
-def run(model: str, tmp_path) -> dict:
-    return train_and_evaluate(TrainConfig.for_model(model), str(tmp_path), log=lambda line: None)
+def run(model: str, tmp_path, plot: bool = False, **overrides) -> dict:
+    """The model's preset, with `overrides` on top."""
+    config = TrainConfig.for_model(model, **overrides)
+    return train_and_evaluate(config, str(tmp_path), log=lambda line: None, plot=plot)
 
 
 def test_seed_cnn_on_digits_with_augmentation_and_early_stopping(tmp_path):
@@ -45,8 +46,7 @@ def test_char_lm_on_cpython_prose(tmp_path):
     """2 of the preset's 10 epochs at its peak rate: 2.27 bits per character on 2026-12-04 in
     23 s (3 epochs of cosine decay: 2.41; unigram: 4.69). The whole preset's figure, 1.78, is
     the shipped weights' card, which tests/test_weights.py checks."""
-    config = dataclasses.replace(TrainConfig.for_model("charlm"), epochs=2, schedule="constant")
-    results = train_and_evaluate(config, str(tmp_path), log=lambda line: None)
+    results = run("charlm", tmp_path, epochs=2, schedule="constant")
     assert results["test_bpc"] <= 2.5
 
 
@@ -84,8 +84,7 @@ def test_tagger_finds_where_words_end_in_cpython_prose(tmp_path):
     """Issue 20: the per-step tagger against the majority tag (0.790 of the test characters).
     5 of the preset's 10 epochs at its peak rate: 0.9813 on 2026-12-04 in 17 s (the preset:
     0.9823 in 40 s)."""
-    config = dataclasses.replace(TrainConfig.for_model("tagger"), epochs=5, schedule="constant")
-    results = train_and_evaluate(config, str(tmp_path), log=lambda line: None)
+    results = run("tagger", tmp_path, epochs=5, schedule="constant")
     assert results["majority_accuracy"] < 0.8
     assert results["test_accuracy"] >= 0.97
 
@@ -95,8 +94,7 @@ def test_seq2seq_writes_held_out_integers_as_words(tmp_path, capsys):
     (2 epochs, cosine) reached test exact match (greedy decoding) 1.0 and token accuracy 1.0 on
     2026-12-04 in 55-68 s of training; this test trains one of them at the preset's peak rate."""
     pytest.importorskip("matplotlib")
-    config = dataclasses.replace(TrainConfig.for_model("seq2seq"), epochs=1, schedule="constant")
-    results = train_and_evaluate(config, str(tmp_path), log=lambda line: None, plot=True)
+    results = run("seq2seq", tmp_path, plot=True, epochs=1, schedule="constant")
     assert results["test_exact_match"] >= 0.95 and results["test_accuracy"] >= 0.98
     assert (tmp_path / "attention.png").exists()
     # The short numbers a user tries first (all trained, none held out) come back right too,
@@ -114,6 +112,5 @@ def test_convlstm_on_moving_digits(tmp_path):
     (8 epochs of cosine decay: 0.7214 in 60 s; 5: 0.5181). The whole preset reached 0.9610 in
     148 s (`python train.py --model convlstm`)."""
     pytest.importorskip("sklearn")
-    config = dataclasses.replace(TrainConfig.for_model("convlstm"), epochs=4, schedule="constant")
-    results = train_and_evaluate(config, str(tmp_path), log=lambda line: None)
+    results = run("convlstm", tmp_path, epochs=4, schedule="constant")
     assert results["test_accuracy"] >= 0.6
