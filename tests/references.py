@@ -2,6 +2,7 @@
 (their state-dict names), the seed CNN as a PyTorch user writes it, and the helpers that compare
 logits with them. This module imports torch: import it where a test already requires torch."""
 
+import jax
 import numpy as np
 import torch
 from torch import nn as tnn
@@ -146,6 +147,22 @@ def torch_logits(module, x: np.ndarray) -> np.ndarray:
 def assert_logits_close(ours, reference):
     scale = float(np.max(np.abs(reference)))
     np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4 * scale)
+
+
+def keras_logits(keras_model, x) -> np.ndarray:
+    """A Keras model's inference outputs, its graph compiled as one program: called eagerly,
+    Keras compiles every layer apart (MobileNetV2 at 224x224: 4.7 s, jitted 0.9 s)."""
+
+    @jax.jit
+    def infer(trainable, non_trainable, x):
+        return keras_model.stateless_call(trainable, non_trainable, x, training=False)[0]
+
+    values = [
+        [v.value for v in vs]
+        for vs in (keras_model.trainable_variables, keras_model.non_trainable_variables)
+    ]
+    with jax.numpy_rank_promotion("allow"):  # Keras' own layers broadcast biases
+        return np.asarray(infer(*values, x))
 
 
 def randomize_keras_batch_norm(keras_model):

@@ -13,6 +13,7 @@ from references import (
     TorchBasic,
     TorchResNet,
     assert_logits_close,
+    keras_logits,
     randomize_batch_norm,
     randomize_keras_batch_norm,
     torch_logits,
@@ -48,11 +49,6 @@ def assert_same_variables(loaded, imported):
         jax.tree.map(np.asarray, loaded),
         jax.tree.map(lambda a: np.asarray(a, np.float32), imported),
     )
-
-
-def keras_logits(keras_model, x) -> np.ndarray:
-    with jax.numpy_rank_promotion("allow"):  # Keras' own layers broadcast biases
-        return np.asarray(keras_model(x, training=False))
 
 
 # --- PyTorch state dicts -----------------------------------------------------------------------
