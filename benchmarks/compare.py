@@ -584,12 +584,14 @@ def machine() -> dict:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
+    name, kind = device.platform, device.device_kind  # "gpu (NVIDIA H200)"; "cpu", not "cpu (cpu)"
+    xla = getattr(device.client, "platform_version", None)  # CUDA's version; the CPU's is "cpu"
     return {
         "cpu": cpu,
         "cpu_flags": flags,
         "cores": runtime.cpu_cores(),
-        "device": f"{device.platform} ({device.device_kind})",
-        "xla": getattr(device.client, "platform_version", None),
+        "device": name if kind.lower() == name else f"{name} ({kind})",
+        "xla": None if xla == name else xla,
         "versions": versions,
     }
 
@@ -611,12 +613,13 @@ def table(results: dict) -> str:
                 )
     about = results["about"]
     versions = ", ".join(f"{k} {v}" for k, v in about["versions"].items() if v)
+    device = about["device"] + (f", XLA {about['xla']}" if about["xla"] else "")
     split = {n: b["zoo_devices"] for n, b in results["benchmarks"].items() if b["zoo_devices"] > 1}
     verdicts = [verdict(n, b) for n, b in results["benchmarks"].items()]
     return "\n".join(
         [
             f"Machine: {about['cpu']} ({about['cores']} cores; {' '.join(about['cpu_flags'])}); "
-            f"{about['device']}, XLA {about['xla']}; {versions}; {results['date']}.",
+            f"{device}; {versions}; {results['date']}.",
             "",
             f"{results['dtype']}; peak matmul {peak:.0f} GFLOP/s; "
             + (
