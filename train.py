@@ -654,7 +654,8 @@ def main(argv: list[str]) -> int:
             print(f"train.py: error: {_with_flag(str(error))}", file=sys.stderr)
             return 2
     args = parse_args(argv)
-    reuse_freed_memory()  # XLA:CPU's per-step buffers stop costing page faults (zoo.runtime)
+    reuse_freed_memory()  # XLA:CPU's per-step buffers stop costing page faults (zoo.runtime),
+    runtime.run_steps_inline()  # also those of steps it would run on a worker thread
     if args.debug_nans:
         jax.config.update("jax_debug_nans", True)
     try:

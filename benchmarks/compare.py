@@ -70,7 +70,7 @@ from zoo.layers.importers import (
     keras_weights,
 )
 from zoo.layers.recurrent import GATES
-from zoo.runtime import reuse_freed_memory
+from zoo.runtime import reuse_freed_memory, run_steps_inline
 
 Step = Callable[[], None]  # runs one step and blocks until it is done
 
@@ -627,6 +627,11 @@ def table(results: dict) -> str:
                 if results.get("freed_memory_reused")
                 else ""
             )
+            + (
+                "single-device JAX steps run inline (zoo.runtime.run_steps_inline, as train.py); "
+                if results.get("steps_inline")
+                else ""
+            )
             + "zoo's steps compiled by zoo.runtime.jit (on CPU: XLA:CPU options of "
             "zoo.runtime.XLA_CPU_OPTIONS), the other JAX steps by jax.jit; "
             + (
@@ -700,13 +705,15 @@ def main() -> None:
     parser.add_argument(
         "--plain-malloc",
         action="store_true",
-        help="leave glibc's defaults (by default freed memory is reused, as train.py does)",
+        help="leave glibc's defaults and JAX's asynchronous dispatch (by default freed memory is "
+        "reused and single-device steps run inline, as train.py does)",
     )
     args = parser.parse_args()
     # Process-wide, so every implementation measured here gets the same allocator: train.py's.
     # Not one arena for every thread: with a step split over CPU devices, their threads then
     # queue on one heap lock (zoo's seq2seq step 21 -> 37 ms, the CNN 19 -> 24; NOTES.md).
     reused = not args.plain_malloc and reuse_freed_memory()
+    inline = not args.plain_malloc and run_steps_inline()  # so it reaches the large steps too
     names = args.only.split(",") if args.only else list(QUICK if args.quick else BENCHMARKS)
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
@@ -725,6 +732,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "dtype": args.dtype,
         "freed_memory_reused": reused,
+        "steps_inline": inline,
         "peak_gflops": peak_matmul_gflops(jnp.dtype(args.dtype)),
         "rounds": rounds,
         "steps_per_round": per_round,

@@ -63,7 +63,7 @@ import numpy as np  # noqa: E402
 
 from zoo import models  # noqa: E402
 from zoo.data.batching import Batch  # noqa: E402
-from zoo.runtime import reuse_freed_memory  # noqa: E402
+from zoo.runtime import reuse_freed_memory, run_steps_inline  # noqa: E402
 from zoo.training import TrainConfig, create_train_state  # noqa: E402
 from zoo.training import parallel as parallel_lib  # noqa: E402
 
@@ -97,6 +97,7 @@ def make_runner(name: str, layout: parallel_lib.DataParallel, batch_size: int):
 
 def main() -> None:
     reuse_freed_memory()  # as train.py does
+    run_steps_inline()
     available = jax.devices()
     counts = [n for n in COUNTS if n <= len(available)]
     if len(counts) < len(COUNTS):

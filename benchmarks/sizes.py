@@ -37,7 +37,7 @@ import compare  # benchmarks/compare.py, beside this script
 import data_parallel  # benchmarks/data_parallel.py, beside this script
 import jax
 
-from zoo.runtime import reuse_freed_memory
+from zoo.runtime import reuse_freed_memory, run_steps_inline
 
 BASES = {"lstm": compare.BENCHMARKS["lstm"], "cnn": compare.BENCHMARKS["cnn"]}
 SWEEPS = {  # model: {axis: values}; each sweep varies one axis of the model's base point
@@ -203,8 +203,9 @@ def main() -> None:
     unknown = sorted(set(models) - set(SWEEPS))
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {list(SWEEPS)}")
-    # As compare.py and train.py do: glibc keeps freed memory.
+    # As compare.py and train.py do: glibc keeps freed memory, and steps run inline to use it.
     reused = reuse_freed_memory()
+    inline = run_steps_inline()
     # Before JAX starts: zoo's LSTM steps run on one CPU device per core, as in training.
     data_parallel.use_cpu_cores((BASES[m].kind, BASES[m].batch) for m in models)
     peers = {k: v for k, v in compare.available_peers().items() if k == "pytorch"}
@@ -215,6 +216,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "command": " ".join(["python", "benchmarks/sizes.py", *sys.argv[1:]]),
         "freed_memory_reused": reused,
+        "steps_inline": inline,
         # Read it before trusting a ratio: other processes' work slows PyTorch's threads most
         # (one using 1.2 of 2 cores here made PyTorch's base LSTM step 0.2-2 s, not 15-20 ms).
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,

@@ -1,6 +1,7 @@
 """What makes XLA:CPU steps faster: `jit` (compile options for zoo's steps),
-`reuse_freed_memory` (a process-wide allocator setting, opt-in as it touches the whole process)
-and `use_cpu_cores` (CPU devices to run data-parallel steps on, one per core).
+`reuse_freed_memory` (a process-wide allocator setting, opt-in as it touches the whole process),
+`run_steps_inline` (single-device steps on the calling thread, so that setting reaches them) and
+`use_cpu_cores` (CPU devices to run data-parallel steps on, one per core).
 
 XLA:CPU allocates each compiled step's temporary buffer with `malloc` on every call (61 MiB for
 the seed CNN's train step at batch 128). glibc serves a block that large with a fresh `mmap` and
@@ -25,11 +26,10 @@ import jax
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
 TRIM_THRESHOLD = 1 << 30  # bytes of free heap kept mapped before glibc returns them to the OS
 
 
-def reuse_freed_memory(single_arena: bool = False) -> bool:
+def reuse_freed_memory() -> bool:
     """Makes glibc keep freed memory for reuse instead of unmapping it, for this whole process.
 
     Sets `M_MMAP_MAX` to 0 (large blocks come from the heap, not from their own `mmap`) and
@@ -37,13 +37,10 @@ def reuse_freed_memory(single_arena: bool = False) -> bool:
     size that does not shrink back after a peak. Call it once, before the first step and before
     other threads start allocating; `train.py` and the benchmarks do.
 
-    That covers blocks allocated on the main thread, where XLA:CPU runs cheap steps. Expensive
-    ones run on a worker thread, whose own arena cannot hold a block over 64 MiB and maps it
-    anyway (the CNN train step at batch 512 still faulted 174 MB per step). `single_arena=True`
-    also sets `M_ARENA_MAX` to 1, so every thread allocates from the main heap: that step went
-    from 117 to 65 ms. But all threads then share one heap lock, and a training loop whose
-    prefetch thread allocates while the step runs slows down (`python train.py`, batch 32:
-    7.9 -> 10.3 s), so only the benchmarks, which time steps alone, ask for it.
+    That covers blocks allocated on the main thread. A step that XLA:CPU runs on one of its worker
+    threads allocates from that thread's arena, which cannot hold a block over 64 MiB and maps it
+    anyway (the CNN train step at batch 512 still faulted 174 MB per step): `run_steps_inline`
+    keeps those steps on the calling thread.
 
     Returns whether every setting took: False where the C library has no `mallopt` (macOS,
     musl), which changes nothing.
@@ -55,9 +52,42 @@ def reuse_freed_memory(single_arena: bool = False) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     settings = [(_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD)]
-    if single_arena:
-        settings.append((_M_ARENA_MAX, 1))
     return all([bool(mallopt(parameter, value)) for parameter, value in settings])
+
+
+ASYNC_DISPATCH_VARIABLE = "JAX_CPU_ENABLE_ASYNC_DISPATCH"
+
+
+def run_steps_inline() -> bool:
+    """Makes XLA:CPU run each single-device computation on the thread that calls it instead of
+    queueing it for a worker thread (JAX's `jax_cpu_enable_async_dispatch=False`).
+
+    Why: with `reuse_freed_memory`, a step's temporary buffer is reused from call to call only
+    when the main thread's heap allocates it; XLA:CPU hands steps it deems expensive to a worker
+    thread, whose arena maps every block over 64 MiB afresh, so those steps fault their buffers
+    in again on every call. Inline, they run (and allocate) on the caller's thread. Train steps
+    on a 2-core CPU, medians of interleaved rounds, with freed memory reused in both: the CNN at
+    batch 512 95 -> 72 ms, ResNet-18 at 32x32 and batch 128 2440 -> 2146 ms, MobileNetV2 242 ->
+    162 ms; without `reuse_freed_memory` inline dispatch alone gained nothing (96 -> 92 ms).
+    The cost: the caller waits for each such step instead of queueing the next (`train.py`'s
+    presets trained at the same speed with identical losses). Steps split over several devices
+    are dispatched as before: JAX's setting leaves parallel computations alone.
+
+    Call it before JAX starts, as `use_cpu_cores`. It leaves the setting alone, returning False,
+    where the backends have started or the user chose it (`JAX_CPU_ENABLE_ASYNC_DISPATCH` in the
+    environment); True where it took.
+    """
+    if ASYNC_DISPATCH_VARIABLE in os.environ or _backends_started():
+        return False
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    return True
+
+
+def _backends_started() -> bool:
+    from jax._src import xla_bridge  # no public way to ask; a JAX without it counts as not started
+
+    started = getattr(xla_bridge, "backends_are_initialized", None)
+    return bool(started and started())
 
 
 def cpu_cores() -> int:
