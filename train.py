@@ -451,7 +451,7 @@ def use_cpu_devices(args: argparse.Namespace, config: TrainConfig, space: dict |
     if args.parallel == "none" or (space and {"model", "batch_size"} & set(space)):
         return ""
     processes = args.num_processes or 1
-    count = default_cpu_devices(config.model, config.batch_size, processes)
+    count = default_cpu_devices(config.model, config.batch_size, processes, config.model_options)
     if count > 1 and runtime.use_cpu_cores(count):
         return f"one per core for {config.model}: --cpu-devices 1 for one"
     return ""

@@ -18,19 +18,26 @@ from zoo import runtime
 from zoo.training.parallel import DATA_AXIS, default_cpu_devices
 
 
-def use_cpu_cores(models_and_batches: Iterable[tuple[str, int]]) -> int | None:
+def use_cpu_cores(benchmarks: Iterable[tuple[str, int, int]]) -> int | None:
     """One CPU device per core where one of the benchmarks' zoo steps splits its batch (call
-    before JAX starts); the count set, or None."""
-    if max((default_cpu_devices(m, b) for m, b in models_and_batches), default=1) > 1:
+    before JAX starts); each benchmark is `(model, batch, hidden)` as in `zoo_devices`. The
+    count set, or None."""
+    if max((_default(*benchmark) for benchmark in benchmarks), default=1) > 1:
         return runtime.use_cpu_cores()
     return None
 
 
-def zoo_devices(model: str, batch: int) -> int:
-    """How many CPU devices zoo's train step of `model` at `batch` runs on; 1 off CPU."""
+def zoo_devices(model: str, batch: int, hidden: int = 0) -> int:
+    """How many CPU devices zoo's train step of `model` at `batch` runs on, its recurrent layers
+    `hidden` wide (0: the model's default width); 1 off CPU."""
     if jax.default_backend() != "cpu":
         return 1
-    return min(default_cpu_devices(model, batch), jax.local_device_count())
+    return min(_default(model, batch, hidden), jax.local_device_count())
+
+
+def _default(model: str, batch: int, hidden: int) -> int:
+    options = {"hidden_sizes": (hidden,)} if hidden else None
+    return default_cpu_devices(model, batch, model_options=options)
 
 
 class SplitBatch:

@@ -38,6 +38,7 @@ import data_parallel  # benchmarks/data_parallel.py, beside this script
 import jax
 
 from zoo.runtime import reuse_freed_memory, run_steps_inline
+from zoo.training.parallel import SPLIT_WIDTH
 
 BASES = {"lstm": compare.BENCHMARKS["lstm"], "cnn": compare.BENCHMARKS["cnn"]}
 SWEEPS = {  # model: {axis: values}; each sweep varies one axis of the model's base point
@@ -113,7 +114,7 @@ def measure_point(bench: compare.Benchmark, peers: dict, quick: bool, seconds: f
     ratio = torch_ms / timings["zoo"]["median_ms"] if torch_ms else None
     return {
         **dataclasses.asdict(bench),
-        "zoo_devices": data_parallel.zoo_devices(bench.kind, bench.batch),
+        "zoo_devices": data_parallel.zoo_devices(bench.kind, bench.batch, bench.hidden),
         "flops": flops["train"],
         "rounds": rounds,
         "steps_per_round": per_round,
@@ -146,8 +147,9 @@ def table(results: dict) -> str:
     split = {p["zoo_devices"] for sweep in results["sweeps"].values() for p in sweep["points"]}
     if max(split, default=1) > 1:
         lines[-1] += (
-            f" zoo's LSTM steps split each batch over {max(split)} CPU devices (one per core), "
-            "as zoo's training does (zoo.training.parallel.default_cpu_devices)."
+            f" zoo's LSTM steps up to {SPLIT_WIDTH} wide split each batch over {max(split)} CPU "
+            "devices (one per core), the wider ones run on one, as zoo's training does "
+            "(zoo.training.parallel.default_cpu_devices)."
         )
     for name, sweep in results["sweeps"].items():
         model, axis = sweep["model"], sweep["axis"]
@@ -207,7 +209,7 @@ def main() -> None:
     reused = reuse_freed_memory()
     inline = run_steps_inline()
     # Before JAX starts: zoo's LSTM steps run on one CPU device per core, as in training.
-    data_parallel.use_cpu_cores((BASES[m].kind, BASES[m].batch) for m in models)
+    data_parallel.use_cpu_cores((BASES[m].kind, BASES[m].batch, BASES[m].hidden) for m in models)
     peers = {k: v for k, v in compare.available_peers().items() if k == "pytorch"}
     results = {
         "machine": f"{cpu_model()} x{os.cpu_count()}, {jax.devices()[0].device_kind}",

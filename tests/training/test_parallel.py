@@ -374,9 +374,22 @@ def test_default_cpu_devices_splits_recurrent_models_over_the_cores(monkeypatch)
     assert default("lstm", 64) == 4 and default("seq2seq", 128) == 4
     assert default("gru", 33) == 3  # the most devices that split the batch evenly
     assert default("tagger", 62) == 2 and default("charlm", 31) == 1
+    assert default("charlm", 64, model_options={"hidden_sizes": (256,)}) == 4
     assert default("lstm", 64, processes=2) == 4 and default("lstm", 12, processes=2) == 3
     for model in ("cnn", "resnet18", "mobilenet_v2", "tcn", "convlstm", "cnn_lstm", "forecast"):
         assert default(model, 64) == 1, model  # measured slower on several devices
+
+
+def test_default_cpu_devices_keeps_wide_recurrent_layers_on_one_device(monkeypatch):
+    monkeypatch.setattr(parallel_lib.runtime, "cpu_cores", lambda: 2)
+    default = parallel_lib.default_cpu_devices
+    widest = parallel_lib.SPLIT_WIDTH
+    assert default("lstm", 64, model_options={"hidden_sizes": (64, widest)}) == 2
+    assert default("lstm", 64, model_options={"hidden_sizes": (64, widest + 1)}) == 1
+    assert default("gru", 64, model_options={"hidden_sizes": [2 * widest]}) == 1
+    assert default("seq2seq", 64, model_options={"hidden_size": 2 * widest}) == 1
+    assert default("seq2seq", 64, model_options={"encoder_sizes": (2 * widest,)}) == 1
+    assert default("charlm", 64) == 1  # its default layer: 512 wide
 
 
 def test_in_flight_waits_for_the_oldest_step_beyond_its_depth(monkeypatch):

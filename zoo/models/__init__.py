@@ -129,6 +129,21 @@ def recurrent(name: str) -> bool:
     return _lookup(name)[0] in _RECURRENT
 
 
+# Options naming recurrent layer widths, in the models of `_RECURRENT`.
+_WIDTH_OPTIONS = ("hidden_sizes", "encoder_sizes", "hidden_size")
+
+
+def recurrent_width(name: str, model_options: dict[str, Any] | None = None) -> int:
+    """The widest recurrent layer of model `name` created with `model_options` (its defaults for
+    the rest); 0 for a model that is not `recurrent`."""
+    if not recurrent(name):
+        return 0
+    values = {key: option.default for key, option in options(name).items()}
+    values |= model_options or {}
+    widths = [values[key] for key in _WIDTH_OPTIONS if key in values]
+    return max((w for v in widths for w in (v if isinstance(v, tuple | list) else (v,))), default=0)
+
+
 def takes_lengths(name: str) -> bool:
     """Whether model `name` takes `lengths` of right-padded sequences after its input."""
     return "lengths" in inspect.signature(_lookup(name)[0].__call__).parameters

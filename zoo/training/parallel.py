@@ -210,15 +210,29 @@ def fetch_replicated(tree: Any) -> Any:
     return jax.tree.map(lambda leaf: jax.device_get(_first_shard(leaf)), tree)
 
 
-def default_cpu_devices(model: str, batch_size: int, processes: int = 1) -> int:
-    """How many CPU devices `train.py` makes for `model` (`zoo.runtime.use_cpu_cores`) unless
-    told: one per core for recurrent models (`zoo.models.recurrent`), whose per-step matmuls each
-    run on one core (on 2 cores the seed LSTM's train step went from 24.1 to 17.2 ms, the GRU's
-    from 20.6 to 17.0 ms), and one for the rest, whose convolutions use every core already (the
-    seed CNN: 18.8 -> 19.6 ms, MobileNetV2: 246 -> 306 ms; docs/devices.md has whole runs).
+SPLIT_WIDTH = 256  # the widest recurrent layer `default_cpu_devices` splits over the cores
+
+
+def default_cpu_devices(
+    model: str, batch_size: int, processes: int = 1, model_options: dict | None = None
+) -> int:
+    """How many CPU devices `train.py` makes for `model` (with `model_options`) unless told
+    (`zoo.runtime.use_cpu_cores`), from train steps measured on 2 cores:
+
+    - one per core for recurrent models (`zoo.models.recurrent`) no wider than `SPLIT_WIDTH`,
+      whose per-step matmuls each run on one core: 2 x LSTM(128) over 28 steps at batch 64
+      trained in 24.1 ms on one device and 17.2 on two, the GRU in 20.6 and 17.0, 2 x LSTM(256)
+      in 57 and 47;
+    - one for wider recurrent layers, whose matmuls use every core already: there one device
+      gains from running inline (`zoo.runtime.run_steps_inline`), while each device's share of
+      a split step allocates on a worker thread and faults its buffers in again every step
+      (2 x LSTM(512) over 100 steps: 599 ms on one device, 680 on two; 2 x GRU(512) 517, 547);
+    - one for the rest, whose convolutions use every core already (the seed CNN: 18.8 -> 19.6
+      ms, MobileNetV2: 246 -> 306 ms; docs/devices.md has whole runs).
+
     Lowered to the largest count that splits each of `processes`' share of `batch_size` evenly,
     so any batch size still runs."""
-    if not models.recurrent(model):
+    if not models.recurrent(model) or models.recurrent_width(model, model_options) > SPLIT_WIDTH:
         return 1
     rows = batch_size // processes if batch_size % processes == 0 else 1
     return max(n for n in range(1, runtime.cpu_cores() + 1) if rows % n == 0)
