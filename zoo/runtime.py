@@ -55,7 +55,7 @@ def reuse_freed_memory() -> bool:
     return all([bool(mallopt(parameter, value)) for parameter, value in settings])
 
 
-ASYNC_DISPATCH_VARIABLE = "JAX_CPU_ENABLE_ASYNC_DISPATCH"
+_ASYNC_DISPATCH_VARIABLE = "JAX_CPU_ENABLE_ASYNC_DISPATCH"  # JAX reads its flag from here too
 
 
 def run_steps_inline() -> bool:
@@ -77,7 +77,7 @@ def run_steps_inline() -> bool:
     where the backends have started or the user chose it (`JAX_CPU_ENABLE_ASYNC_DISPATCH` in the
     environment); True where it took.
     """
-    if ASYNC_DISPATCH_VARIABLE in os.environ or _backends_started():
+    if _ASYNC_DISPATCH_VARIABLE in os.environ or _backends_started():
         return False
     jax.config.update("jax_cpu_enable_async_dispatch", False)
     return True

@@ -140,8 +140,11 @@ def recurrent_width(name: str, model_options: dict[str, Any] | None = None) -> i
         return 0
     values = {key: option.default for key, option in options(name).items()}
     values |= model_options or {}
-    widths = [values[key] for key in _WIDTH_OPTIONS if key in values]
-    return max((w for v in widths for w in (v if isinstance(v, tuple | list) else (v,))), default=0)
+    widths = []
+    for key in _WIDTH_OPTIONS:
+        value = values.get(key, ())
+        widths += value if isinstance(value, tuple | list) else [value]
+    return max(widths, default=0)
 
 
 def takes_lengths(name: str) -> bool:
