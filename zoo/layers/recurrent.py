@@ -30,9 +30,10 @@ measured faster there (2x forward, 1.2x with gradients for 2 x LSTM(128) on a 2-
 per-step slices of a hoisted `(T, B, 4H)` array cost more than the small matmuls they save).
 In zoo's train steps on CPU the layers' gradient is also written by hand (`scan_cell`, a
 `jax.custom_vjp`): the backward scan carries only the state's gradient and the weight gradients
-are matmuls over all timesteps after it. Forward mode (`jvp`, `jacfwd`) cannot pass through a `custom_vjp`,
-so the layers take it only while traced inside `zoo.runtime.hand_written_gradients()`, as the
-CPU convolution in `zoo.layers.conv` does; elsewhere the scan is plain JAX.
+are matmuls over all timesteps after it. Forward mode (`jvp`, `jacfwd`) cannot pass through a
+`custom_vjp`, so the layers take it only while traced inside
+`zoo.runtime.hand_written_gradients()`, as the CPU convolution in `zoo.layers.conv` does;
+elsewhere the scan is plain JAX.
 With `lengths`, a sequence's carry stops changing after its last valid step and its outputs there
 are zero, so a padded batch gives each sequence's own result.
 
@@ -411,9 +412,10 @@ def _scan_cell_fwd(cell, params, carry, xs, valid, h_mask, reverse, unroll):
 def _scan_cell_bwd(cell, reverse, unroll, residuals, cotangents):
     """The backward scan keeps only what each step needs (the carry's gradient through the
     pointwise update and `h U`) and emits the pre-activations' gradients; the weight gradients
-    are then matmuls over all timesteps (one for both kernels of an LSTM or simple RNN). Autodiff of the scan instead accumulates each
-    step's `(H, G)` weight gradient inside the loop: measured on a 2-core CPU, train step of
-    2 x LSTM(128) 21.7 -> 19.9 ms, GRU 19.6 -> 15.3 ms, 2 x LSTM(512) 697 -> 622 ms.
+    are then matmuls over all timesteps (one for both kernels of an LSTM or simple RNN). Autodiff
+    of the scan instead accumulates each step's `(H, G)` weight gradient inside the loop:
+    measured on a 2-core CPU, train step of 2 x LSTM(128) 21.7 -> 19.9 ms, GRU 19.6 -> 15.3 ms,
+    2 x LSTM(512) 697 -> 622 ms.
     """
     params, xs, valid, h_mask, carries, gates = residuals
     d_final, d_ys = cotangents
