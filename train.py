@@ -647,6 +647,8 @@ def _use_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
+    reuse_freed_memory()  # XLA:CPU's per-step buffers stop costing page faults (zoo.runtime),
+    runtime.run_steps_inline()  # also those of steps it would run on a worker thread
     if argv[:1] and argv[0] in USE_COMMANDS:
         try:
             return _use_main(parse_use_args(argv))
@@ -654,8 +656,6 @@ def main(argv: list[str]) -> int:
             print(f"train.py: error: {_with_flag(str(error))}", file=sys.stderr)
             return 2
     args = parse_args(argv)
-    reuse_freed_memory()  # XLA:CPU's per-step buffers stop costing page faults (zoo.runtime),
-    runtime.run_steps_inline()  # also those of steps it would run on a worker thread
     if args.debug_nans:
         jax.config.update("jax_debug_nans", True)
     try:
