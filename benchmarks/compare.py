@@ -488,7 +488,7 @@ def implementations(
             jax_dtype,
             jit=runtime.jit,
             gradients=runtime.hand_written_gradients,
-            devices=data_parallel.zoo_devices(bench.kind, bench.batch, bench.hidden),
+            devices=data_parallel.zoo_devices(bench),
         )
     if flax:
         impls["flax"] = jax_steps(
@@ -515,7 +515,7 @@ def seq2seq_implementations(
             jnp.dtype(dtype),
             jit=runtime.jit,
             gradients=runtime.hand_written_gradients,
-            devices=data_parallel.zoo_devices(bench.kind, bench.batch, bench.hidden),
+            devices=data_parallel.zoo_devices(bench),
         )
     if "pytorch" in peers:
         impls["pytorch"] = seq2seq_peers.torch_steps(model, inputs, dtype)
@@ -534,7 +534,7 @@ def run_benchmark(name, bench, peers, dtype, rounds, per_round) -> dict:
     else:
         flops = impls["zoo"]["flops"]
     result = {**dataclasses.asdict(bench), "flops": flops, "timings": {}}
-    result["zoo_devices"] = data_parallel.zoo_devices(bench.kind, bench.batch, bench.hidden)
+    result["zoo_devices"] = data_parallel.zoo_devices(bench)
     result["max_logit_difference"] = agreement(bench, x, impls)
     for mode in ("train", "infer"):
         timings = measure({impl: s[mode] for impl, s in impls.items()}, rounds, per_round)
@@ -720,9 +720,7 @@ def main() -> None:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {list(BENCHMARKS)}")
     rounds, per_round = (3, 2) if args.quick else (args.rounds, args.steps_per_round)
     # Before JAX starts: zoo's recurrent steps run on one CPU device per core, as in training.
-    data_parallel.use_cpu_cores(
-        (BENCHMARKS[n].kind, BENCHMARKS[n].batch, BENCHMARKS[n].hidden) for n in names
-    )
+    data_parallel.use_cpu_cores(BENCHMARKS[n] for n in names)
     peers = available_peers()
     about = machine()
     results = {

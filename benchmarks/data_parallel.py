@@ -1,6 +1,7 @@
 """zoo's row of a benchmark on the CPU devices zoo's training would give it: `train.py` splits a
-recurrent model's batch over one CPU device per core (`zoo.training.parallel.default_cpu_devices`,
-`zoo.runtime.use_cpu_cores`), so the benchmarks time zoo's train step that way too.
+recurrent model's batch over one CPU device per core where its layers are up to 256 units wide
+(`zoo.training.parallel.default_cpu_devices`, `zoo.runtime.use_cpu_cores`), so the benchmarks
+time zoo's train step that way too.
 
 `use_cpu_cores` runs before JAX starts (each script's `main`); `zoo_devices` says how many
 devices a benchmark's zoo step takes; `SplitBatch` runs a gradient function on each device's
@@ -18,26 +19,28 @@ from zoo import runtime
 from zoo.training.parallel import DATA_AXIS, default_cpu_devices
 
 
-def use_cpu_cores(benchmarks: Iterable[tuple[str, int, int]]) -> int | None:
+def use_cpu_cores(benchmarks: Iterable) -> int | None:
     """One CPU device per core where one of the benchmarks' zoo steps splits its batch (call
-    before JAX starts); each benchmark is `(model, batch, hidden)` as in `zoo_devices`. The
-    count set, or None."""
-    if max((_default(*benchmark) for benchmark in benchmarks), default=1) > 1:
+    before JAX starts); the count set, or None. Benchmarks are compare.py's (`kind`, `batch`,
+    `hidden`)."""
+    if max(map(_default_devices, benchmarks), default=1) > 1:
         return runtime.use_cpu_cores()
     return None
 
 
-def zoo_devices(model: str, batch: int, hidden: int = 0) -> int:
-    """How many CPU devices zoo's train step of `model` at `batch` runs on, its recurrent layers
-    `hidden` wide (0: the model's default width); 1 off CPU."""
+def zoo_devices(bench) -> int:
+    """How many CPU devices zoo's train step of compare.py's benchmark `bench` runs on; 1 off
+    CPU."""
     if jax.default_backend() != "cpu":
         return 1
-    return min(_default(model, batch, hidden), jax.local_device_count())
+    return min(_default_devices(bench), jax.local_device_count())
 
 
-def _default(model: str, batch: int, hidden: int) -> int:
-    options = {"hidden_sizes": (hidden,)} if hidden else None
-    return default_cpu_devices(model, batch, model_options=options)
+def _default_devices(bench) -> int:
+    """`default_cpu_devices` of the benchmark's model, its recurrent layers `bench.hidden` wide
+    (0: the model's default width)."""
+    options = {"hidden_sizes": (bench.hidden,)} if bench.hidden else None
+    return default_cpu_devices(bench.kind, bench.batch, model_options=options)
 
 
 class SplitBatch:

@@ -114,7 +114,7 @@ def measure_point(bench: compare.Benchmark, peers: dict, quick: bool, seconds: f
     ratio = torch_ms / timings["zoo"]["median_ms"] if torch_ms else None
     return {
         **dataclasses.asdict(bench),
-        "zoo_devices": data_parallel.zoo_devices(bench.kind, bench.batch, bench.hidden),
+        "zoo_devices": data_parallel.zoo_devices(bench),
         "flops": flops["train"],
         "rounds": rounds,
         "steps_per_round": per_round,
@@ -209,7 +209,7 @@ def main() -> None:
     reused = reuse_freed_memory()
     inline = run_steps_inline()
     # Before JAX starts: zoo's LSTM steps run on one CPU device per core, as in training.
-    data_parallel.use_cpu_cores((BASES[m].kind, BASES[m].batch, BASES[m].hidden) for m in models)
+    data_parallel.use_cpu_cores(BASES[m] for m in models)
     peers = {k: v for k, v in compare.available_peers().items() if k == "pytorch"}
     results = {
         "machine": f"{cpu_model()} x{os.cpu_count()}, {jax.devices()[0].device_kind}",
