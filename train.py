@@ -33,7 +33,12 @@ from zoo.training.config import (
     SCHEDULES,
 )
 from zoo.training.loop import NonFiniteError, Preempted, load_dataset
-from zoo.training.parallel import PARALLEL, default_cpu_devices, initialize_distributed
+from zoo.training.parallel import (
+    PARALLEL,
+    SPLIT_WIDTH,
+    default_cpu_devices,
+    initialize_distributed,
+)
 from zoo.training.search import METHODS, format_table, load_space, parse_space_args, run_search
 
 
@@ -454,6 +459,9 @@ def use_cpu_devices(args: argparse.Namespace, config: TrainConfig, space: dict |
     count = default_cpu_devices(config.model, config.batch_size, processes, config.model_options)
     if count > 1 and runtime.use_cpu_cores(count):
         return f"one per core for {config.model}: --cpu-devices 1 for one"
+    width = models.recurrent_width(config.model, config.model_options)
+    if width > SPLIT_WIDTH and not runtime.cpu_device_count_set():
+        return f"{width}-wide layers use every core already: --cpu-devices N to split"
     return ""
 
 

@@ -434,6 +434,25 @@ def test_train_py_splits_a_recurrent_model_over_the_cores_with_one_devices_resul
     assert_close_runs(results["auto"], results["one"])
 
 
+@pytest.mark.slow
+def test_train_py_keeps_a_wide_recurrent_model_on_one_device_and_says_why(tmp_path):
+    width = parallel_lib.SPLIT_WIDTH + 4
+    plain = os.environ | {"JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    plain.pop("XLA_FLAGS", None)
+    flags = ["--model", "lstm", "--model-option", f"hidden_sizes=({width},)", "--epochs", "1"]
+    process = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *flags, "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=plain,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert f"devices: 1 x cpu ({width}-wide layers use every core already" in process.stdout
+    assert len(json.loads((tmp_path / "metrics.json").read_text())["devices"]) == 1
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "two"])
 def test_a_bad_cpu_device_count_is_refused(value):
     process = subprocess.run(
