@@ -70,7 +70,7 @@ def test_reuse_freed_memory_stops_repeated_page_faults(mode, thread, reused):
         assert faults >= 4 * pages
 
 
-# Runs a compiled step with an 80 MiB intermediate five times, after `run_steps_inline` when
+# Runs a compiled step with an 80 MiB intermediate twenty times, after `run_steps_inline` when
 # asked, and prints the minor page faults that cost. The loop makes it a step XLA:CPU hands to a
 # worker thread unless dispatch is inline.
 STEP = """
@@ -83,7 +83,7 @@ step = jax.jit(lambda a, b: jax.lax.fori_loop(0, 2, lambda i, a: a + jnp.tanh(a 
 a, b = jnp.ones((4096, 64)), jnp.ones((64, 5120))
 step(a, b).block_until_ready()
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+for _ in range(20):
     step(a, b).block_until_ready()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 print(jax.config.read("jax_cpu_enable_async_dispatch"), runtime.run_steps_inline())
@@ -108,7 +108,9 @@ def test_steps_run_inline_reuse_their_freed_buffers():
     took, faults, asynchronous, again = run_step("inline")
     assert took == "True" and asynchronous == "False"
     assert again == "False"  # the backends have started: too late to change
-    assert int(faults) <= 1.5 * pages  # not faulted in again on every call
+    # Not faulted in again on every call (queued for a worker thread: about `pages` a call). The
+    # heap still grows now and then (up to 2 x `pages` seen in 5 calls), so 20 calls are counted.
+    assert int(faults) <= 4 * pages
 
 
 def test_run_steps_inline_leaves_the_users_choice():
