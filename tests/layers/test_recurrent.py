@@ -240,12 +240,17 @@ def test_gradients_through_scan_match_finite_differences(lowering, cell):
             check_grads(jax.jit(loss), args, order=1, modes=["fwd", "rev"], eps=1e-4)
 
 
+@pytest.mark.parametrize("transposed_width", [0, H], ids=["u-folded", "u-copied"])
 @pytest.mark.parametrize(
     "cell, options", [c for c in CELLS if c != ("gru", {"reset_after": False})]
 )
-def test_scan_cell_matches_autodiff_of_scan_steps_under_vmap(cell, options):
+def test_scan_cell_matches_autodiff_of_scan_steps_under_vmap(
+    cell, options, transposed_width, monkeypatch
+):
     # scan_cell's hand-written gradient against JAX's own through a scan of the plain cell,
-    # with padding, a recurrent dropout mask and the initial carry; vmapped over two batches.
+    # with padding, a recurrent dropout mask and the initial carry; vmapped over two batches;
+    # with the backward loop's `U.T` folded into its dot and copied once before the loop.
+    monkeypatch.setattr(recurrent, "TRANSPOSED_WIDTH", transposed_width)
     params = random_params(cell, jax.random.key(11))
     x = jax.random.normal(jax.random.key(12), (2, B, T, F))
     mask = jnp.arange(T)[None, None, :] < jnp.array([[5, 2, 4], [1, 5, 3]])[..., None]
