@@ -61,6 +61,10 @@ def test_targets_follow_the_task(tmp_path):
     assert language.num_classes == 9 and language.train.x.dtype == np.int32
     whole = load_arrays(_npz(tmp_path, x=x, y=np.arange(50.0) % 3))
     assert whole.train.y.dtype == np.int32 and whole.num_classes == 3
+    column = load_arrays(_npz(tmp_path, x=x, y=(np.arange(50) % 3)[:, None]), seed=1)
+    flat = load_arrays(_npz(tmp_path, x=x, y=np.arange(50) % 3), seed=1)
+    np.testing.assert_array_equal(column.train.y, flat.train.y)
+    assert column.train.y.shape == (35,)
 
 
 def test_tags_per_step_from_arrays_and_ragged_json_lines(tmp_path):
@@ -140,6 +144,12 @@ def test_ragged_json_lines_are_padded_with_their_lengths(tmp_path):
             r"validation split maps \(3,\)",
         ),
         ({"x": np.zeros((5, 2)), "y": np.array(list("abcde"))}, "classify", "must be a numeric"),
+        (
+            {"x": np.zeros((5, 2)), "y": np.eye(3)[[0, 1, 2, 0, 1]]},
+            "classify",
+            r"y of shape \(N,\), one class id per example; got \(5, 3\); it looks one-hot",
+        ),
+        ({"x": np.zeros((5, 2)), "y": np.zeros((5, 2, 2), int)}, "classify", r"got \(5, 2, 2\)$"),
     ],
 )
 def test_bad_arrays_are_named(tmp_path, arrays, task, message):

@@ -156,6 +156,8 @@ def _split(path: str, arrays: dict[str, np.ndarray], suffix: str, task: str) -> 
         y = y.reshape(len(y), -1).astype(np.float32)
     else:
         y = _labels(path, f"y{suffix}", y)
+    if task == "classify":
+        y = _class_ids(path, f"y{suffix}", y)
     if task == "tag" and (x.ndim != 3 or y.shape != x.shape[:2]):
         raise DataError(
             f"{path}: a tagger takes x{suffix} of shape (N, steps, features) and y{suffix} of "
@@ -178,6 +180,20 @@ def _labels(path: str, name: str, values: np.ndarray) -> np.ndarray:
     if values.size and values.min() < 0:
         raise DataError(f"{path}: {name} holds negative labels (smallest {values.min()})")
     return values.astype(np.int32)
+
+
+def _class_ids(path: str, name: str, y: np.ndarray) -> np.ndarray:
+    """A classifier's `(N,)` labels; `(N, 1)` is taken as a column of them."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        return y[:, 0]
+    if y.ndim != 1:
+        one_hot = y.ndim == 2 and np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()
+        raise DataError(
+            f"{path}: a classifier takes {name} of shape (N,), one class id per example; got "
+            f"{y.shape}"
+            + ("; it looks one-hot: save y.argmax(axis=1) instead" if one_hot else "")
+        )
+    return y
 
 
 def _lengths(path: str, name: str, lengths: np.ndarray, x: np.ndarray) -> np.ndarray:
