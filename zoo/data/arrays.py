@@ -190,8 +190,7 @@ def _class_ids(path: str, name: str, y: np.ndarray) -> np.ndarray:
         one_hot = y.ndim == 2 and np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()
         raise DataError(
             f"{path}: a classifier takes {name} of shape (N,), one class id per example; got "
-            f"{y.shape}"
-            + ("; it looks one-hot: save y.argmax(axis=1) instead" if one_hot else "")
+            f"{y.shape}" + ("; it looks one-hot: save y.argmax(axis=1) instead" if one_hot else "")
         )
     return y
 
