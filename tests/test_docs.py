@@ -64,6 +64,24 @@ def test_python_blocks_run(page, tmp_path, monkeypatch):
             raise AssertionError(f"{page} python block {number} fails:\n{block}") from error
 
 
+def command_lines(page: str) -> str:
+    """The `python ...` and `pip ...` lines of a page's shell blocks, continuations joined."""
+    return "\n".join(
+        line
+        for code in blocks(page, ("", "bash", "sh", "console"))
+        for line in code.replace("\\\n", " ").splitlines()
+        if line.startswith(("python ", "pip "))
+    )
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if command_lines(p)])
+def test_commands_are_valid_shell(page):
+    # shlex reads `--model-option features=(16,32)` happily; bash stops at the parenthesis.
+    lines = command_lines(page)
+    checked = subprocess.run(["bash", "-n"], input=lines, capture_output=True, text=True)
+    assert checked.returncode == 0, f"{page}: {checked.stderr}"
+
+
 @pytest.mark.parametrize("page", [p for p in PAGES if commands(p)])
 def test_train_py_commands_parse(page):
     train = train_module()
