@@ -1,6 +1,9 @@
 """Every registered model: shapes with and without jit, unbatched input, grad and vmap."""
 
 import dataclasses
+import re
+from collections.abc import Sequence
+from typing import Any, Literal, Optional
 
 import chex
 import jax
@@ -9,6 +12,8 @@ import numpy as np
 import pytest
 
 from zoo import models
+from zoo.models import validate
+from zoo.training.config import PRESETS
 
 # (name, options, one example's shape, dtype); integer dtypes are token ids.
 CONFIGS = [
@@ -194,14 +199,17 @@ def test_output_shapes_eagerly_for_a_batch_of_one():
 @pytest.mark.parametrize("name, options, shape, dtype", CONFIGS, ids=IDS)
 def test_output_shapes_under_jit_batched_and_unbatched(name, options, shape, dtype):
     model = models.create(name, **options)
-    x = example(shape, dtype, (2, 3))
+    # Two batch axes, but one for the language model: its ids (B, T, 1) are refused.
+    batch = (6,) if name == "charlm" else (2, 3)
+    x = example(shape, dtype, batch)
     variables = init(model, shape, dtype)
     apply = jax.jit(model.apply)
     y = _main(apply(variables, x))
-    assert y.shape == (2, 3, *output_shape(model, shape))
+    assert y.shape == (*batch, *output_shape(model, shape))
     assert np.isfinite(np.asarray(y)).all()
+    last = tuple(size - 1 for size in batch)
     np.testing.assert_allclose(
-        _main(apply(variables, x[1, 2])), np.asarray(y)[1, 2], rtol=1e-5, atol=1e-6
+        _main(apply(variables, x[last])), np.asarray(y)[last], rtol=1e-5, atol=1e-6
     )
 
 
@@ -305,3 +313,128 @@ def test_list_options_become_tuples_so_models_are_hashable():
     assert (model.input_shape, model.features, model.dense) == ((16, 12, 3), (4, 6), (5,))
     same = models.create("convnet", input_shape=(16, 12, 3), features=(4, 6), dense=(5,))
     assert hash(model) == hash(same) and model == same
+
+
+# The first config of each registered model but a family's siblings (their layers are those of
+# the others): an empty batch compiles each once more.
+FIRST_OF_EACH_NAME = {}
+for _config in CONFIGS:
+    if _config[0] not in FAMILY_SIBLINGS:
+        FIRST_OF_EACH_NAME.setdefault(_config[0], _config)
+
+
+@pytest.mark.parametrize(
+    "name, options, shape, dtype", FIRST_OF_EACH_NAME.values(), ids=FIRST_OF_EACH_NAME
+)
+def test_an_empty_batch_gives_an_empty_output(name, options, shape, dtype):
+    # A flatten as `reshape(B, -1)` divided by the batch size (the cnn's ZeroDivisionError).
+    model = models.create(name, **options)
+    variables = init(model, shape, dtype)
+    y = _main(jax.jit(model.apply)(variables, example(shape, dtype, (0,))))
+    assert y.shape == (0, *output_shape(model, shape))
+
+
+@pytest.mark.parametrize(
+    "name, options, match",
+    [
+        ("lstm", {"hidden_sizes": 64}, "hidden_sizes must be a tuple or list of int, got 64 (int)"),
+        ("cnn", {"num_classes": "10"}, "num_classes must be int, got '10' (str)"),
+        ("cnn", {"num_classes": 2.5}, "num_classes must be int, got 2.5 (float)"),
+        ("cnn", {"num_classes": True}, "num_classes must be int, got True (bool)"),
+        ("convnet", {"features": 32}, "features must be a tuple or list of int, got 32 (int)"),
+        ("convnet", {"features": (3, 6.0)}, "features must be a tuple or list of int, got (3, 6.0"),
+        ("convnet", {"batch_norm": 1}, "batch_norm must be bool, got 1 (int)"),
+        ("convnet", {"pool": 2}, "pool must be str or None, got 2 (int)"),
+        ("vgg11", {"dense": 512}, "dense must be a tuple or list of int, got 512 (int)"),
+        ("lstm", {"dropout": "0.2"}, "dropout must be float, got '0.2' (str)"),
+        (
+            "tagger",
+            {"input_shape": (None, "4")},
+            "input_shape must be a tuple or list of (int or None) or None, got (None, '4') (tuple)",
+        ),
+        ("convlstm", {"kernel_size": 3}, "kernel_size must be a tuple or list of int, got 3"),
+    ],
+)
+def test_an_option_of_the_wrong_type_is_refused_naming_it(name, options, match):
+    with pytest.raises(ValueError, match=re.escape(f"model '{name}' option {match}")):
+        models.create(name, **options)
+
+
+@pytest.mark.parametrize(
+    "name, options, match",
+    [
+        ("cnn", {"num_classes": 0}, "num_classes must be >= 1, got 0"),
+        ("cnn", {"num_classes": -3}, "num_classes must be >= 1, got -3"),
+        ("convnet", {"kernel_size": 0}, "kernel_size must be >= 1, got 0"),
+        ("convnet", {"pool_size": 0}, "pool_size must be >= 1, got 0"),
+        ("convnet", {"dense": [8, 0]}, r"dense must hold sizes >= 1, got [8, 0]"),
+        ("convnet", {"input_shape": (9, 0, 1)}, "input_shape must hold sizes >= 1, got (9, 0, 1)"),
+        ("forecast", {"horizon": 0}, "horizon must be >= 1, got 0"),
+        ("tcn_forecast", {"horizon": -1}, "horizon must be >= 1, got -1"),
+        ("lstm", {"unroll": 0}, "unroll must be >= 1, got 0"),
+        ("tagger", {"vocab_size": 0}, "vocab_size must be >= 1, got 0"),
+        ("resnet20", {"num_classes": 0}, "num_classes must be >= 1, got 0"),
+    ],
+)
+def test_a_size_below_one_is_refused_naming_it(name, options, match):
+    with pytest.raises(ValueError, match=re.escape(f"model '{name}' option {match}")):
+        models.create(name, **options)
+
+
+def test_options_are_taken_as_python_json_and_numpy_give_them():
+    # Ints where floats are annotated, lists where tuples, numpy sizes (a dataset's), None.
+    model = models.create(
+        "convnet", input_shape=[np.int64(8), 8, 1], num_classes=np.int32(3), dropout=0, pool=None
+    )
+    assert (model.input_shape, model.num_classes, model.dropout) == ((8, 8, 1), 3, 0)
+    assert models.create("tagger", vocab_size=None, input_shape=[None, 2]).input_shape == (None, 2)
+    assert models.create("mobilenet_v2", alpha=1).alpha == 1
+
+
+def test_the_models_own_checks_keep_their_messages():
+    with pytest.raises(ValueError, match=r"^dropout must be in \[0, 1\), got 2.0$"):
+        models.create("lstm", dropout=2.0)
+    with pytest.raises(ValueError, match=r"^hidden_sizes must be positive, got \(\)$"):
+        models.create("lstm", hidden_sizes=())
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_every_model_creates_with_its_preset_options(name):
+    preset = PRESETS.get(name, {}).get("model_options", {})
+    assert models.create(name, **preset) == models.create(name, **dict(preset))
+    json_like = {key: list(v) if isinstance(v, tuple) else v for key, v in preset.items()}
+    assert models.create(name, **json_like) == models.create(name, **preset)
+
+
+@pytest.mark.parametrize(
+    "value, annotation, expected",
+    [
+        ((1, "a"), tuple[int, str], True),
+        ([1, "a"], tuple[int, str], True),
+        ((1, 2), tuple[int, str], False),
+        ((1,), tuple[int, str], False),
+        ((1, 2, 3), tuple[int, ...], True),
+        ((1, None), tuple[int | None, ...], True),
+        ("max", Literal["max", "avg"], True),
+        ("min", Literal["max", "avg"], False),
+        (None, Optional[int], True),  # noqa: UP045 - typing.Union, not X | None's UnionType
+        (2, int | None, True),
+        (2.0, int | None, False),
+        (np.float32(0.5), float, True),
+        (np.bool_(True), bool, True),
+        (np.bool_(True), int, False),
+        (0, bool, False),
+        ("ab", Sequence[str], False),  # a string is no sequence of options
+        (object(), Any, True),
+    ],
+)
+def test_annotations_the_registry_checks(value, annotation, expected):
+    assert validate.matches(value, annotation) == expected
+
+
+def test_annotations_in_words():
+    assert validate.describe(tuple[int, str]) == "a tuple or list (int, str)"
+    assert validate.describe(Literal["max", "avg"]) == "one of 'max', 'avg'"
+    assert validate.describe(Sequence[int | None] | None) == (
+        "a tuple or list of (int or None) or None"
+    )

@@ -109,6 +109,12 @@ def test_untrained_forecaster_is_the_naive_forecast(key):
         ("gru", {"input_shape": (None, 4)}, jnp.zeros((2, 9, 4), jnp.int32), "floating-point"),
         ("charlm", {"num_classes": 5}, jnp.zeros((2, 9)), "integer token ids"),
         (
+            "charlm",
+            {"num_classes": 5},
+            jnp.zeros((2, 9, 1), jnp.int32),
+            r"charlm expects integer token ids of shape \(batch, steps\).*got shape \(2, 9, 1\)",
+        ),
+        (
             "cnn_lstm",
             {"input_shape": (3, 8, 8, 1)},
             jnp.zeros((2, 8, 8, 1)),

@@ -32,6 +32,7 @@ from zoo.models.resnet import ResNet
 from zoo.models.rnn import CNNLSTM, CharLM, Forecaster, RNNClassifier, Tagger, sample
 from zoo.models.seq2seq import Seq2Seq, beam_search, greedy_decode
 from zoo.models.tcn import TCN, TCNForecaster
+from zoo.models.validate import check_size, check_type
 from zoo.models.vgg import VGG
 
 _MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
@@ -194,8 +195,10 @@ def create(name: str, **opts) -> nn.Module:
 
     Raises:
       ValueError: for an unknown name or option, naming the valid ones and the models an option
-        belongs to, or for an option that does nothing with the given settings (`reset_after`
-        with an LSTM cell).
+        belongs to; for an option that does nothing with the given settings (`reset_after`
+        with an LSTM cell); for a value not of the option's annotated type (ints pass as floats,
+        lists as tuples, a bool is no int), or a size below 1 (`validate.SIZES`), naming the
+        model, option and value; or for a value the model itself refuses.
     """
     valid = options(name)
     unknown = sorted(set(opts) - set(valid))
@@ -204,6 +207,8 @@ def create(name: str, **opts) -> nn.Module:
             f"model {name!r} has no option {', '.join(_with_owners(o) for o in unknown)}; "
             f"valid options: {', '.join(valid)}"
         )
+    for option, value in opts.items():
+        check_type(name, option, value, valid[option].type)
     cls, fixed = _lookup(name)
     settings = {**_defaults(name), **fixed, **opts}
     for option in sorted(opts):
@@ -214,7 +219,10 @@ def create(name: str, **opts) -> nn.Module:
                 f"got {key}={settings[key]!r}"
             )
     row = {**_DEFAULTS.get(name, {}), **fixed, **opts}
-    return cls(**{key: _frozen(value) for key, value in row.items()})
+    model = cls(**{key: _frozen(value) for key, value in row.items()})  # its own checks first
+    for option, value in opts.items():
+        check_size(name, option, value)
+    return model
 
 
 def example_input(name: str, batch_size: int = 2, seed: int = 0, **opts) -> jax.Array:

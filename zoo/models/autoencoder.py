@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from zoo.layers.conv import Conv
-from zoo.models.inputs import batch_shape, check_input, dtypes
+from zoo.models.inputs import batch_shape, check_input, dtypes, flatten
 
 
 class VAEOutput(NamedTuple):
@@ -110,7 +110,7 @@ class Encoder(nn.Module):
         h = x  # (B, H, W, C)
         for features in self.features:
             h = nn.relu(Conv(features, kernel, strides=2, padding="SAME", **dtypes(self))(h))
-        h = h.reshape(h.shape[0], -1)  # (B, h * w * features[-1])
+        h = flatten(h)  # (B, h * w * features[-1])
         return nn.Dense(self.outputs, **dtypes(self))(h)  # (B, outputs)
 
 

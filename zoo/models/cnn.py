@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from zoo.layers.conv import ACTIVATIONS, POOLS, Conv, ResidualBlock, activation, max_pool
-from zoo.models.inputs import batch_shape, check_input, dtypes
+from zoo.models.inputs import batch_shape, check_input, dtypes, flatten
 
 
 def _unflatten(logits: jax.Array, x: jax.Array, input_shape: Sequence[int]) -> jax.Array:
@@ -55,7 +55,7 @@ class SeedCNN(nn.Module):
         h = nn.relu(Conv(64, (3, 3), padding="VALID", **dtypes(self))(h))  # (B, 11, 11, 64)
         h = max_pool(h, 2)  # (B, 5, 5, 64)
         h = nn.relu(Conv(64, (3, 3), padding="VALID", **dtypes(self))(h))  # (B, 3, 3, 64)
-        h = h.reshape(h.shape[0], -1)  # (B, 576)
+        h = flatten(h)  # (B, 576)
         h = nn.relu(nn.Dense(64, **dtypes(self))(h))
         logits = nn.Dense(self.num_classes, **dtypes(self))(h)  # (B, classes)
         return _unflatten(logits, x, self.input_shape)
@@ -153,7 +153,7 @@ class ConvNet(nn.Module):
                 h = POOLS[self.pool](h, self.pool_size)
             if self.dropout:
                 h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = h.reshape(h.shape[0], -1)  # (B, features)
+        h = flatten(h)  # (B, features)
         for width in self.dense:
             h = act(nn.Dense(width, **dtypes(self))(h))
             if self.dropout:

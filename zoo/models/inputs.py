@@ -1,5 +1,6 @@
 """Input checks shared by the models: clear errors at trace time, free under jit."""
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,3 +43,9 @@ def dtypes(module) -> dict[str, Any]:
 def batch_shape(x: jax.Array, input_shape: Sequence[int | None]) -> tuple[int, ...]:
     """The leading batch axes of `x`, `(*batch, *input_shape)`."""
     return tuple(jnp.shape(x)[: jnp.ndim(x) - len(input_shape)])
+
+
+def flatten(x: jax.Array) -> jax.Array:
+    """`(B, ...)` -> `(B, features)`. Unlike `x.reshape(B, -1)`, which cannot infer the size for
+    an empty batch (JAX divides by B), this takes a batch of any size, 0 included."""
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))

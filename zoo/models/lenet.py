@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from zoo.layers.conv import POOLS, Conv, activation
-from zoo.models.inputs import batch_shape, check_input, dtypes
+from zoo.models.inputs import batch_shape, check_input, dtypes, flatten
 
 
 class LeNet5(nn.Module):
@@ -58,7 +58,7 @@ class LeNet5(nn.Module):
         h = pool(act(Conv(6, (5, 5), name="c1", **dtypes(self))(h)), 2)  # (B, 14, 14, 6)
         h = pool(act(Conv(16, (5, 5), name="c3", **dtypes(self))(h)), 2)  # (B, 5, 5, 16)
         h = act(Conv(120, (5, 5), name="c5", **dtypes(self))(h))  # (B, 1, 1, 120)
-        h = h.reshape(h.shape[0], -1)
+        h = flatten(h)
         h = act(nn.Dense(84, name="f6", **dtypes(self))(h))  # (B, 84)
         if self.include_top:
             h = nn.Dense(self.num_classes, name="head", **dtypes(self))(h)

@@ -19,7 +19,7 @@ import numpy as np
 
 from zoo.layers.conv import Conv, max_pool
 from zoo.layers.recurrent import StackedRNN, check_cell, check_implementation
-from zoo.models.inputs import batch_shape, check_input, dtypes
+from zoo.models.inputs import batch_shape, check_input, dtypes, flatten
 
 
 def _check_options(
@@ -48,6 +48,16 @@ def _check_token_ids(tokens: jax.Array, vocab_size: int, model: str = "charlm") 
         raise ValueError(
             f"{model} tokens must be in [0, {vocab_size}) (the vocabulary size), "
             f"found ids {low}..{high}"
+        )
+
+
+def _check_token_rank(tokens: jax.Array, model: str = "charlm") -> None:
+    """Rejects ids not `(batch, steps)` or one sequence's `(steps,)`: a trailing axis of 1 (ids
+    shaped as features) would otherwise read as more batch axes, each id a sequence of its own."""
+    if jnp.ndim(tokens) not in (1, 2):
+        raise ValueError(
+            f"{model} expects integer token ids of shape (batch, steps), or (steps,) for one "
+            f"sequence; got shape {tuple(jnp.shape(tokens))}"
         )
 
 
@@ -142,10 +152,12 @@ class RNNClassifier(nn.Module):
 class CharLM(nn.Module):
     """Character language model: embedding - stacked LSTM/GRU - logits at every step.
 
-    `tokens` `(*batch, T)` int -> logits `(*batch, T, vocab)`; with `return_states=True` also the
-    final states (batch axes flattened), which `initial_states` takes back (see `sample`).
-    `lengths` of right-padded sequences is checked and otherwise unused: the model is causal, so
-    its outputs at valid steps never see the padding (the loss masks the padded steps).
+    `tokens` `(B, T)` int (or one sequence's `(T,)`, as under `vmap`) -> logits `(B, T, vocab)`;
+    with `return_states=True` also the final states, which `initial_states` takes back (see
+    `sample`). More leading axes are refused: ids `(B, T, 1)` would read as a `(B, T)` batch of
+    one-step sequences. `lengths` of right-padded sequences is checked and otherwise unused: the
+    model is causal, so its outputs at valid steps never see the padding (the loss masks the
+    padded steps).
     """
 
     num_classes: int  # vocabulary size
@@ -172,6 +184,7 @@ class CharLM(nn.Module):
         return_states: bool = False,
         train: bool = False,
     ):
+        _check_token_rank(tokens)
         batch = batch_shape(tokens, (None,))
         _flat_lengths(lengths, batch)
         tokens = check_input(tokens, (None,), "charlm", tokens=True)  # (B, T), any T
@@ -352,7 +365,8 @@ class CNNLSTM(nn.Module):
         for features in self.features:
             h = nn.relu(Conv(features, (3, 3), padding="SAME", **dtypes(self))(h))
             h = max_pool(h, 2) if min(h.shape[1:3]) >= 2 else h
-        h = nn.relu(nn.Dense(self.embed_dim, **dtypes(self))(h.reshape(n, steps, -1)))  # (B, T, E)
+        h = flatten(h)  # (B*T, F)
+        h = nn.relu(nn.Dense(self.embed_dim, **dtypes(self))(h.reshape(n, steps, h.shape[-1])))
         rnn = StackedRNN(
             self.cell,
             self.hidden_sizes,

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from zoo.layers import importers
 from zoo.layers.blocks import ConvNorm
 from zoo.layers.conv import global_avg_pool, max_pool
-from zoo.models.inputs import batch_shape, check_input, dtypes
+from zoo.models.inputs import batch_shape, check_input, dtypes, flatten
 
 # depth: convolutions per stage, each stage ending in a max pool; stage i has width * 2**i
 # channels, capped at 8x the width (512 for width 64).
@@ -88,7 +88,7 @@ class VGG(nn.Module):
         if not self.include_top:
             features = global_avg_pool(h)
             return features.reshape(*batch_shape(x, self.input_shape), features.shape[-1])
-        h = h.reshape(h.shape[0], -1)  # (B, H/32 * W/32 * C), Keras' (channels-last) order
+        h = flatten(h)  # (B, H/32 * W/32 * C), Keras' (channels-last) order
         for index, width in enumerate(self.dense):
             h = nn.relu(nn.Dense(width, name=f"dense{index}", **dtypes(self))(h))
             h = nn.Dropout(self.dropout, deterministic=not train)(h)
