@@ -37,7 +37,7 @@ from zoo.training import ConfigError, TrainConfig
         ({"augment": ("blur",)}, "augment"),
         ({"augment": ("shift", "shift")}, "augment"),
         ({"augment": "shift"}, "augment"),
-        ({"patience": 0}, "patience"),
+        ({"patience": -1}, "patience"),
         ({"patience": 2.0}, "patience"),
         ({"min_delta": -0.01}, "min_delta"),
         ({"monitor": "val_auc"}, "monitor"),
@@ -68,3 +68,11 @@ def test_weight_decay_defaults_per_optimizer():
     assert TrainConfig(optimizer="adamw").decay == 1e-4
     assert TrainConfig(optimizer="adam").decay == 0.0
     assert TrainConfig(optimizer="sgd", weight_decay=0.01).decay == 0.01
+
+
+def test_patience_zero_turns_early_stopping_off():
+    assert TrainConfig(patience=0).patience is None
+    assert TrainConfig(patience=0) == TrainConfig()  # a resumed run's saved config compares equal
+    assert TrainConfig.for_model("cnn", patience=0).patience is None  # the preset's 15 switched off
+    with pytest.raises(ConfigError, match=r"patience must be >= 0 \(0: no early stopping\)"):
+        TrainConfig(patience=-1)

@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import jax
@@ -238,3 +239,111 @@ def test_grain_data_workers_train_the_same_run_and_a_run_resumes_across_them(tmp
         assert resumed[key] == alone[key]
     with pytest.raises(ConfigError, match="data_workers must be >= 0"):
         train_and_evaluate(config, str(tmp_path / "bad"), data_workers=-1, **quiet)
+
+
+def _small_images(n_validation=12, n_test=12, seed=0) -> Dataset:
+    """3 classes of 8x8 images, brighter by class: 48 train examples, then the held-out ones."""
+    rng = np.random.default_rng(seed)
+    n = 48 + n_validation + n_test
+    y = rng.integers(0, 3, n).astype(np.int32)
+    x = np.clip(rng.normal(0.3 * y[:, None, None, None], 0.2, (n, 8, 8, 1)), 0, 1)
+    x = x.astype(np.float32)
+    cuts = (0, 48, 48 + n_validation, n)
+    splits = [Split(x[a:b], y[a:b]) for a, b in itertools.pairwise(cuts)]
+    return Dataset(*splits, num_classes=3)
+
+
+_SMALL = {"model": "convnet", "dataset": "mine", "batch_size": 16, "seed": 1}
+
+
+def test_a_dataset_without_test_examples_trains_and_writes_its_validation_metrics(tmp_path):
+    lines = []
+    config = TrainConfig(**_SMALL, epochs=2, patience=1)
+    results = train_and_evaluate(
+        config, str(tmp_path), dataset=_small_images(n_test=0), log=lines.append
+    )
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(results))
+    assert written["test_examples"] == 0 and not [
+        k for k in written if k.startswith("test_") and k != "test_examples"
+    ]
+    best = written["history"][written["best_epoch"] - 1]
+    assert {k: v for k, v in best.items() if k.startswith("val_")} == {
+        k: v for k, v in written.items() if k.startswith("val_")
+    }
+    assert "val_accuracy" in written
+    assert "test | skipped: dataset 'mine' has no test examples" in lines[-1]
+
+
+def test_a_dataset_without_validation_or_test_examples_trains_without_early_stopping(tmp_path):
+    dataset = _small_images(n_validation=0, n_test=0)
+    with pytest.raises(ConfigError, match=r"patience 3 needs a validation split.*patience to 0"):
+        check_dataset(dataset, TrainConfig(**_SMALL, patience=3))
+    config = TrainConfig(**_SMALL, epochs=1, patience=0)  # 0: off, as --patience 0
+    results = train_and_evaluate(config, str(tmp_path), dataset=dataset, log=lambda _: None)
+    assert results["test_examples"] == 0 and results["epochs"] == 1
+    assert not [k for k in results if k.startswith(("val_", "test_")) and k != "test_examples"]
+    assert (tmp_path / "metrics.json").exists()
+
+
+def test_summarizing_no_metrics_names_the_empty_split():
+    from zoo.training.steps import summarize_metrics
+
+    with pytest.raises(ValueError, match="the evaluated split has no examples"):
+        summarize_metrics([])
+
+
+def _comparable(results):
+    history = [
+        {k: v for k, v in r.items() if k != "examples_per_second"} for r in results["history"]
+    ]
+    test = {k: v for k, v in results.items() if k.startswith(("test_", "val_"))}
+    return results["steps"], history, test
+
+
+def test_resuming_a_finished_run_with_more_epochs_trains_them_as_one_run_would(tmp_path):
+    dataset, quiet = _small_images(), {"log": lambda _: None}
+    whole = train_and_evaluate(
+        TrainConfig(**_SMALL, epochs=2), str(tmp_path / "whole"), dataset=dataset, **quiet
+    )
+    train_and_evaluate(
+        TrainConfig(**_SMALL, epochs=1), str(tmp_path / "cut"), dataset=dataset, **quiet
+    )
+    lines = []
+    extended = train_and_evaluate(
+        TrainConfig(**_SMALL, epochs=2),
+        str(tmp_path / "cut"),
+        dataset=dataset,
+        resume=True,
+        log=lines.append,
+    )
+    assert extended["resumed_from_step"] == 3 and extended["epochs"] == 2
+    assert _comparable(extended) == _comparable(whole)
+    assert any("continuing the finished run at step 3 to 2 epochs" in line for line in lines)
+
+
+def test_resuming_a_finished_run_with_its_own_epochs_trains_nothing_and_says_why(tmp_path):
+    dataset, config = _small_images(), TrainConfig(**_SMALL, epochs=1)
+    first = train_and_evaluate(config, str(tmp_path), dataset=dataset, log=lambda _: None)
+    lines = []
+    again = train_and_evaluate(
+        config, str(tmp_path), dataset=dataset, resume=True, log=lines.append
+    )
+    assert again["steps"] == first["steps"] and again["test_loss"] == first["test_loss"]
+    assert any("resumed the finished run at step 3; all its 1 epochs" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "schedule, epochs, match",
+    [
+        ("cosine", 3, r"schedule 'cosine' decays the learning rate over all of a run's epochs \(2"),
+        ("constant", 1, r"epochs 1: the run has trained 2 epochs \(step 6\)"),
+    ],
+)
+def test_resuming_with_epochs_the_run_cannot_honour_is_refused(tmp_path, schedule, epochs, match):
+    dataset, quiet = _small_images(), {"log": lambda _: None}
+    config = TrainConfig(**_SMALL, epochs=2, schedule=schedule)
+    train_and_evaluate(config, str(tmp_path), dataset=dataset, **quiet)
+    longer = TrainConfig(**{**config.to_dict(), "epochs": epochs})
+    with pytest.raises(ConfigError, match=match):
+        train_and_evaluate(longer, str(tmp_path), dataset=dataset, resume=True, **quiet)

@@ -12,6 +12,9 @@ from zoo.data.augment import AUGMENTATIONS
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential")
+# Schedules that decay over the whole run (`epochs * steps_per_epoch` steps): a run trained on
+# one cannot be extended to more epochs and match a run trained for those from the start.
+RUN_LENGTH_SCHEDULES = ("cosine", "warmup_cosine")
 REGULARIZE = ("kernels", "all")
 DTYPES = ("float32", "bfloat16", "float16")  # of the computation; params stay float32
 # Validation metrics early stopping and search can watch; False: lower is better.
@@ -157,7 +160,7 @@ class TrainConfig:
       augment: image augmentations run inside the train step, from 'flip', 'rotate', 'shift',
         'noise'.
       patience: stop after this many epochs without a `min_delta` improvement of `monitor`, and
-        keep the best epoch's parameters; None: train every epoch.
+        keep the best epoch's parameters; None (or 0, stored as None): train every epoch.
       min_delta: the smallest change of `monitor` that counts as an improvement.
       monitor: the validation metric early stopping watches; None: 'val_accuracy' for
         classifiers, 'val_loss' otherwise.
@@ -278,7 +281,11 @@ class TrainConfig:
             self.augment,
         )
         if self.patience is not None:
-            _check(self.patience >= 1, "patience", "must be >= 1", self.patience)
+            _check(
+                self.patience >= 0, "patience", "must be >= 0 (0: no early stopping)", self.patience
+            )
+            if self.patience == 0:  # one spelling of "off", so configs compare equal
+                object.__setattr__(self, "patience", None)
         _check(self.max_bad_steps >= 1, "max_bad_steps", "must be >= 1", self.max_bad_steps)
         if self.checkpoint_every is not None:
             _check(

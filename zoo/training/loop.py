@@ -22,7 +22,7 @@ from zoo.training import plots
 from zoo.training import tensorboard as tensorboard_lib
 from zoo.training import workdir as workdir_lib
 from zoo.training.checkpoint import Checkpointer, TerminationGuard, open_checkpoints, versions
-from zoo.training.config import ConfigError, TrainConfig
+from zoo.training.config import RUN_LENGTH_SCHEDULES, ConfigError, TrainConfig
 from zoo.training.early_stopping import EarlyStopping, check_monitor, default_monitor
 from zoo.training.metrics import evaluate, majority_tag_accuracy, mean_image_mse
 from zoo.training.parallel import DataParallel, InFlight, prefetch
@@ -94,7 +94,11 @@ def check_dataset(dataset: Dataset, config: TrainConfig) -> None:
             f"has inputs of shape {dataset.train.x.shape}"
         )
     if config.patience is not None and not len(dataset.validation.x):
-        raise ConfigError(f"patience needs a validation split; {config.dataset!r} has none")
+        raise ConfigError(
+            f"patience {config.patience} needs a validation split and dataset "
+            f"{config.dataset!r} has none; set patience to 0 (--patience 0) to train every "
+            "epoch without early stopping, or add validation data (an image folder's val/)"
+        )
 
 
 def dataset_for_model(dataset: Dataset, model: str) -> Dataset:
@@ -333,8 +337,11 @@ def _train_and_evaluate(
         run.best = _snapshot(state)
     try:
         if resume:
-            run = restore_run(checkpoints, run, config, log)
-            show(f"resumed from step {run.step} (epoch {run.step // steps_per_epoch + 1})")
+            run = restore_run(checkpoints, run, config, log, steps_per_epoch)
+            if run.finished:
+                show(f"resumed the finished run at step {run.step}; {_why_finished(run, config)}")
+            else:
+                show(f"resumed from step {run.step} (epoch {run.step // steps_per_epoch + 1})")
         history_path = os.path.join(workdir, "metrics.jsonl")
         if primary:
             write_jsonl(history_path, run.history)
@@ -409,15 +416,16 @@ def _train_and_evaluate(
     if restored:
         state = state.replace(params=run.best[0], batch_stats=run.best[1])
 
-    test_metrics = evaluate(state, dataset.test, config.batch_size, dataset.num_classes, layout)
-    test = {f"test_{k}": v for k, v in test_metrics.items()}
-    if dataset.task == "regress":
-        test["naive_mse"] = data.naive_forecast_mse(dataset.test)
-    if dataset.task == "tag":
-        test["majority_accuracy"] = majority_tag_accuracy(dataset.train, dataset.test)
-    if dataset.task in RECONSTRUCTION_TASKS:
-        test["mean_image_mse"] = mean_image_mse(dataset.train, dataset.test)
-    log("test | " + " | ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)))
+    test = evaluate_test(state, dataset, config, layout)
+    if test:
+        shown = " | ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))
+        log("test | " + shown)
+    else:
+        kept = "validation" if has_validation else "training"
+        log(
+            f"test | skipped: dataset {config.dataset!r} has no test examples; metrics.json "
+            f"holds the {kept} metrics"
+        )
     history = run.history
     results = {
         "model": config.model,
@@ -432,6 +440,8 @@ def _train_and_evaluate(
         "best_epoch": run.stopper.best_epoch,
         "num_params": num_params,
         "dtype": config.dtype,
+        **returned_validation_metrics(history, run.stopper.best_epoch if restored else None),
+        "test_examples": len(dataset.test.x),
         **test,
         "train_seconds": train_seconds,
         "examples_per_second": (run.step - run.resumed_at) * config.batch_size / train_seconds,
@@ -459,6 +469,36 @@ def _train_and_evaluate(
         if dataset.task == "seq2seq" and len(dataset.test.x):
             plot_attention(model, layout.fetch({"params": state.params}), dataset, workdir)
     return results
+
+
+def evaluate_test(
+    state: TrainState, dataset: Dataset, config: TrainConfig, layout: DataParallel
+) -> dict[str, Any]:
+    """`test_`-prefixed metrics of `state` on `dataset.test`, with the task's baseline; empty
+    when the dataset has no test examples (an image folder without `test/`, a short text)."""
+    if not len(dataset.test.x):
+        return {}
+    metrics = evaluate(state, dataset.test, config.batch_size, dataset.num_classes, layout)
+    test = {f"test_{k}": v for k, v in metrics.items()}
+    if dataset.task == "regress":
+        test["naive_mse"] = data.naive_forecast_mse(dataset.test)
+    if dataset.task == "tag":
+        test["majority_accuracy"] = majority_tag_accuracy(dataset.train, dataset.test)
+    if dataset.task in RECONSTRUCTION_TASKS:
+        test["mean_image_mse"] = mean_image_mse(dataset.train, dataset.test)
+    return test
+
+
+def returned_validation_metrics(
+    history: list[dict[str, Any]], best_epoch: int | None
+) -> dict[str, float]:
+    """The `val_` metrics of the parameters a run returns: those of `best_epoch` (early
+    stopping restored it), else of the last epoch; empty without a validation split."""
+    if not history:
+        return {}
+    epoch = best_epoch or history[-1]["epoch"]
+    record = next(record for record in history if record["epoch"] == epoch)
+    return {k: v for k, v in record.items() if k.startswith("val_")}
 
 
 def plot_images(model, variables: dict[str, Any], test: Split, seed: int, workdir: str) -> None:
@@ -591,9 +631,14 @@ def save_checkpoint(
 
 
 def restore_run(
-    checkpoints: Checkpointer, run: RunState, config: TrainConfig, log: Callable[[str], None]
+    checkpoints: Checkpointer,
+    run: RunState,
+    config: TrainConfig,
+    log: Callable[[str], None],
+    steps_per_epoch: int,
 ) -> RunState:
-    """`run` continued from the latest readable checkpoint."""
+    """`run` continued from the latest readable checkpoint, to `config.epochs`: a finished run
+    resumed with more epochs (or a larger or no patience, when it stopped early) trains on."""
     restored = checkpoints.restore_latest(_checkpoint_tree(run), warn=log)
     if restored is None:
         raise ConfigError(f"resume: no checkpoint in {checkpoints.directory}")
@@ -604,6 +649,7 @@ def restore_run(
             f"dtype: the run in {os.path.dirname(checkpoints.directory)} trains in {trained_in}, "
             f"not {config.dtype}; resume it in {trained_in} or start another --out"
         )
+    check_epochs(meta["config"], config, int(meta["step"]), steps_per_epoch)
     tree = run.layout.put(tree)
     state = run.state.replace(
         params=tree["params"],
@@ -621,16 +667,56 @@ def restore_run(
     stopper.best_epoch = meta["stopper"]["best_epoch"]
     stopper.bad_epochs = meta["stopper"]["bad_epochs"]
     best = (tree["best"]["params"], tree["best"]["batch_stats"]) if "best" in tree else None
+    step = int(meta["step"])
+    # Not the checkpoint's `finished`: flags given on resume (--epochs, --patience) override.
+    finished = stopper.should_stop or step >= config.epochs * steps_per_epoch
+    if meta["finished"] and not finished:
+        log(f"continuing the finished run at step {step} to {config.epochs} epochs")
     return RunState(
         state,
         run.layout,
         stopper,
         best=best,
         history=list(meta["history"]),
-        step=int(meta["step"]),
-        resumed_at=int(meta["step"]),
-        finished=bool(meta["finished"]),
+        step=step,
+        resumed_at=step,
+        finished=finished,
     )
+
+
+def _why_finished(run: RunState, config: TrainConfig) -> str:
+    """Why a resumed run trains no more, and what would make it."""
+    if run.stopper.should_stop:
+        return (
+            f"it stopped early at epoch {run.history[-1]['epoch']} (patience "
+            f"{config.patience}); a larger patience, or 0, trains on"
+        )
+    return f"all its {config.epochs} epochs are trained"
+
+
+def check_epochs(
+    saved: dict[str, Any], config: TrainConfig, step: int, steps_per_epoch: int
+) -> None:
+    """Refuses a resume whose `config.epochs` differs from the run's `saved` config when the
+    result cannot be the run `config` describes: fewer epochs than `step` trained, or a schedule
+    that decays over the run's length (restarting it partway)."""
+    if config.epochs == saved["epochs"]:
+        return
+    trained = -(-step // steps_per_epoch)  # an epoch begun counts
+    if config.epochs < trained:
+        raise ConfigError(
+            f"epochs {config.epochs}: the run has trained {trained} epochs (step {step}); "
+            f"resume it with epochs >= {trained}, or start another run"
+        )
+    schedules = {saved.get("schedule", "constant"), config.schedule}
+    spanning = sorted(schedules & set(RUN_LENGTH_SCHEDULES))
+    if spanning:
+        raise ConfigError(
+            f"epochs {config.epochs}: schedule {spanning[0]!r} decays the learning rate over "
+            f"all of a run's epochs ({saved['epochs']} in the saved run), so changing them on "
+            "resume would jump the rate partway and train neither run. Start a new run with "
+            f"epochs {config.epochs}, or fine-tune this one's weights with init_from (--init-from)"
+        )
 
 
 def check_finite_steps(run: RunState, config: TrainConfig) -> None:

@@ -262,7 +262,13 @@ eval_step = runtime.jit(eval_step_fn)
 
 def summarize_metrics(step_metrics: list[Metrics]) -> dict[str, float]:
     """Mean loss (and accuracy, when counted, and the mean of every other `NAME_sum` as `NAME`)
-    over a list of per-step metric sums; one host sync."""
+    over a list of per-step metric sums; one host sync.
+
+    Raises:
+      ValueError: for an empty list (an empty split has no mean loss; skip evaluating it).
+    """
+    if not step_metrics:
+        raise ValueError("no step metrics to summarize: the evaluated split has no examples")
     totals = jax.tree.map(lambda *xs: sum(xs), *jax.device_get(step_metrics))
     count = max(float(totals["count"]), 1.0)
     summary = {"loss": float(totals["loss_sum"]) / count}
