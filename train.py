@@ -20,7 +20,7 @@ import zoo
 from zoo import data, models, runtime
 from zoo.data import MISSING, RECONSTRUCTION_TASKS
 from zoo.runtime import reuse_freed_memory
-from zoo.trained import WHICH, read_inputs
+from zoo.trained import WHICH, Trained, read_inputs
 from zoo.training import ConfigError, TrainConfig, train_and_evaluate
 from zoo.training.checkpoint import CHECKPOINTS, CheckpointError, saved_config
 from zoo.training.config import (
@@ -140,7 +140,7 @@ _CONFIG_FLAGS = [
             "help": f"comma list of {', '.join(AUGMENTATIONS)}, or none",
         },
     ),
-    ("patience", "--patience", {"type": int, "help": "early stopping: epochs without improvement"}),
+    ("patience", "--patience", {"type": int, "help": "early stopping: epochs w/o gain (0: off)"}),
     ("min_delta", "--min-delta", {"type": float, "help": "early stopping: smallest improvement"}),
     (
         "monitor",
@@ -528,6 +528,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 USE_COMMANDS = ("predict", "evaluate", "export")
+# How a dataset is read (`TrainConfig.data_options`): evaluate takes the run's, or these flags.
+_DATA_FIELDS = ("image_size", "channels", "skip_bad_files", "column", "time_column", "missing")
 
 
 def parse_use_args(argv: list[str]) -> argparse.Namespace:
@@ -561,9 +563,61 @@ def parse_use_args(argv: list[str]) -> argparse.Namespace:
             "--dataset", choices=data.DATASETS, help="evaluate on another dataset's test split"
         )
         parser.add_argument("--data-path", metavar="PATH", help="its file or folder")
+        for field, flag, options in _CONFIG_FLAGS:
+            if field in _DATA_FIELDS:
+                text = options["help"] + " (default: the run's, on a dataset of its kind)"
+                parser.add_argument(flag, dest=field, **{**options, "help": text})
     args = parser.parse_args(argv[1:])
     args.command = command
     return args
+
+
+def _evaluation_config(trained: Trained, args: argparse.Namespace) -> TrainConfig:
+    """The run's config reading what evaluate is asked to: `--dataset` and `--data-path` (the
+    run's by default), with the run's own data options when the dataset is of the run's kind,
+    and the data flags given on top."""
+    config = trained.config
+    given = {field: getattr(args, field) for field in _DATA_FIELDS}
+    given = {field: value for field, value in given.items() if value is not None}
+    dataset = args.dataset or config.dataset
+    same = dataset == config.dataset
+    if same and args.data_path is None and not given:
+        return config
+    path = config.data_path if same and args.data_path is None else args.data_path
+    kept = _run_data_options(trained) if same else {}
+    options = dict.fromkeys(_DATA_FIELDS) | kept | given
+    return TrainConfig.from_dict(
+        {**config.to_dict(), **options, "dataset": dataset, "data_path": path}
+    )
+
+
+def _run_data_options(trained: Trained) -> dict:
+    """How the run read its data, the CSV column it picked itself included."""
+    options = trained.config.data_options()
+    column = (trained.dataset.get("stats") or {}).get("column")
+    if trained.config.dataset == "csv" and column is not None:
+        options["column"] = column
+    return options
+
+
+def _evaluation_data(trained: Trained, config: TrainConfig, run_dir: str) -> data.Dataset:
+    """`config`'s dataset, a CSV standardised with the run's statistics; a dataset whose class
+    names are not the run's is refused."""
+    stats = trained.dataset.get("stats") or {}
+    if config.dataset == "csv" and "mean" in stats:
+        options = config.data_options()
+        data.check_source("csv", config.data_path, **options)
+        return data.load_csv_series(config.data_path, **options, stats=stats)
+    dataset = load_dataset(config, run_dir, log=lambda line: None)
+    names = dataset.class_names
+    if dataset.task == "classify" and names is not None:
+        ours = trained.class_names or tuple(str(i) for i in range(trained.dataset["num_classes"]))
+        if tuple(names) != ours:
+            raise ConfigError(
+                f"{config.data_path or config.dataset} has classes {', '.join(names)}; the run "
+                f"was trained on {', '.join(ours)}: evaluate it on data of the same classes"
+            )
+    return dataset
 
 
 def _use_main(args: argparse.Namespace) -> int:
@@ -573,18 +627,12 @@ def _use_main(args: argparse.Namespace) -> int:
         serialized = trained.export(tuple(args.platforms))
         with open(args.out, "wb") as f:
             f.write(serialized)
+        call = "x, lengths" if trained.dataset.get("variable_length") else "x"
         print(f"wrote {args.out} ({len(serialized):,} bytes; {', '.join(args.platforms)}): "
-              "jax.export.deserialize(open(FILE, 'rb').read()).call(x)")  # fmt: skip
+              f"jax.export.deserialize(open(FILE, 'rb').read()).call({call})")  # fmt: skip
         return 0
     if args.command == "evaluate":
-        config = trained.config
-        if args.dataset is not None or args.data_path is not None:
-            dataset = args.dataset or config.dataset
-            config = TrainConfig.from_dict(
-                {**config.to_dict(), **dict.fromkeys(config.data_options())}
-                | {"dataset": dataset, "data_path": args.data_path}
-            )
-        dataset = load_dataset(config, args.run, log=lambda line: None)
+        dataset = _evaluation_data(trained, _evaluation_config(trained, args), args.run)
         metrics = trained.evaluate(dataset.test)
         metrics.pop("confusion_matrix", None)
         print(json.dumps({f"test_{k}": v for k, v in metrics.items()}))

@@ -140,7 +140,7 @@ def test_model_option_bare_words_and_literals():
             "--augment must be one of flip, rotate, shift, noise, got 'blur'",
         ),
         (["--augment", "shift", "--model", "lstm"], "augment needs images"),
-        (["--patience", "0"], "--patience must be >= 1"),
+        (["--patience", "-1"], "--patience must be >= 0"),
         (["--schedule", "warmup_cosine"], "--warmup-steps must be >= 1 with schedule"),
         (["--schedule", "warmup_cosine", "--warmup-steps", "99999"], "--warmup-steps 99999 must"),
         (["--warmup-steps", "5"], "--warmup-steps is only used by schedule 'warmup_cosine'"),
@@ -273,3 +273,37 @@ def test_help_groups_every_flag_with_its_default_and_lists_the_commands(capsys):
     flat = " ".join(text.split())
     assert TrainConfig.__dataclass_fields__["learning_rate"].default == 0.001
     assert "(peak) learning rate (default: the model's preset, else 0.001)" in flat
+
+
+def _evaluation_config(*args: str):
+    """The config `train.py evaluate --run RUN ARGS` reads its data with, for a forecaster
+    trained on a CSV whose column it picked itself."""
+    from types import SimpleNamespace
+
+    from zoo.training import TrainConfig
+
+    train = train_module()
+    config = TrainConfig.for_model(
+        "forecast", dataset="csv", data_path="a.csv", time_column="day", missing="ffill"
+    )
+    run = SimpleNamespace(config=config, dataset={"stats": {"mean": 0, "std": 1, "column": "v"}})
+    return train._evaluation_config(run, train.parse_use_args(["evaluate", "--run", "R", *args]))
+
+
+def test_evaluate_reads_new_data_with_the_runs_options_and_flags_on_top():
+    other = _evaluation_config("--data-path", "b.csv")
+    assert (other.data_path, other.column, other.time_column, other.missing) == (
+        "b.csv", "v", "day", "ffill"
+    )  # fmt: skip
+    flags = _evaluation_config("--data-path", "b.csv", "--column", "w", "--missing", "drop")
+    assert (flags.column, flags.time_column, flags.missing) == ("w", "day", "drop")
+    own = _evaluation_config("--missing", "interpolate")  # the run's file, read otherwise
+    assert (own.data_path, own.column, own.missing) == ("a.csv", "v", "interpolate")
+    sunspots = _evaluation_config("--dataset", "series")  # another kind: none of the CSV's
+    assert sunspots.data_options() == {} and sunspots.data_path is None
+    image_flags = train_module().parse_use_args(
+        ["evaluate", "--run", "R", "--image-size", "28x28", "--channels", "1", "--skip-bad-files"]
+    )
+    assert (image_flags.image_size, image_flags.channels, image_flags.skip_bad_files) == (
+        (28, 28), 1, True
+    )  # fmt: skip

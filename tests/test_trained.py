@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from train_in_process import main as _main
@@ -110,6 +111,8 @@ def test_a_path_without_a_run_is_named(tmp_path, cnn_run):
     out, _ = cnn_run
     with pytest.raises(ValueError, match=r"takes inputs of shape \(batch, 28, 28, 1\), got"):
         zoo.load(out).predict(np.zeros((2, 28, 28, 3)))
+    with pytest.raises(ValueError, match=r"got uint8: give it pixels in \[0, 1\], x.astype"):
+        zoo.load(out).predict(np.zeros((2, 28, 28, 1), np.uint8))  # 0..255, not what it learned
 
 
 def test_train_py_evaluate_gives_the_runs_test_metrics(cnn_run, capsys):
@@ -141,16 +144,21 @@ def test_train_py_predict_names_the_class_of_png_files(cnn_run, capsys, tmp_path
     assert capsys.readouterr().out.startswith(f"{files[0]}: ")
 
 
-def test_a_color_image_for_a_grayscale_model_is_refused(cnn_run, capsys, tmp_path):
+def test_an_image_of_other_channels_is_converted_as_training_converts_it(cnn_run, capsys, tmp_path):
     pytest.importorskip("PIL")
     from PIL import Image
 
     out, _ = cnn_run
-    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "rgb.png")
-    assert _main("predict", "--run", str(out), str(tmp_path / "rgb.png")) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "rgb.png is a color (RGB) image (mode RGB)" in lines[0], lines
-    assert "was trained on grayscale images: convert it first" in lines[0]
+    trained = zoo.load(out)
+    digit = np.round(data.load_digits(seed=1).test.x[0, ..., 0] * 255).astype(np.uint8)
+    Image.fromarray(digit).save(tmp_path / "gray.png")
+    Image.fromarray(np.repeat(digit[..., None], 3, axis=-1)).save(tmp_path / "rgb.png")
+    files = [str(tmp_path / "gray.png"), str(tmp_path / "rgb.png")]
+    pixels, _ = zoo.trained.read_inputs(trained, files)
+    np.testing.assert_array_equal(pixels[0], pixels[1])
+    assert _main("predict", "--run", str(out), *files) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].split(": ")[1] == lines[1].split(": ")[1], lines
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot read image .*broken.png"):
         zoo.trained.read_inputs(zoo.load(out), [str(tmp_path / "broken.png")])
@@ -278,3 +286,122 @@ def test_a_tagger_of_characters_puts_the_spaces_back(tmp_path, capsys):
     assert capsys.readouterr().out.replace(" ", "").strip() == text
     with pytest.raises(ValueError, match=r"characters \['!'\] are not in the model's vocabulary"):
         trained.tag("cat!")
+
+
+def test_a_run_on_sequences_of_different_lengths_predicts_and_exports_any_length(tmp_path):
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "seq.jsonl", "w") as f:
+        for i in range(24):
+            x = rng.normal(size=(int(rng.integers(2, 7)), 3)).round(3).tolist()
+            f.write(json.dumps({"x": x, "y": i % 2}) + "\n")
+    config = TrainConfig(
+        model="lstm", dataset="arrays", data_path=str(tmp_path / "seq.jsonl"), epochs=1,
+        batch_size=4, model_options={"hidden_sizes": (8,)},
+    )  # fmt: skip
+    train_and_evaluate(config, str(tmp_path / "run"), verbose=False)
+    trained = zoo.load(tmp_path / "run")
+    x, lengths = rng.normal(size=(3, 9, 3)).astype(np.float32), np.array([9, 4, 1])  # > 6 steps
+    probabilities = trained.predict(x, lengths)
+    exported = jax.export.deserialize(trained.export(("cpu",)))
+    logits = np.asarray(exported.call(x, lengths.astype(np.int32)))
+    np.testing.assert_allclose(np.asarray(jax.nn.softmax(logits)), probabilities, atol=1e-6)
+    short = trained.predict(x[1:2, :4], lengths[1:2])  # the same sequence, padded less
+    np.testing.assert_allclose(short, probabilities[1:2], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tagger", "charlm", "forecast", "vae"])
+def test_an_empty_batch_predicts_no_rows_of_one_examples_output(name):
+    trained = zoo.pretrained(name)
+    dtype = trained.dataset.get("input_dtype", "float32")
+    one = np.zeros((1, *trained.input_shape), dtype)
+    lengths = [np.ones(1, int)] if trained.dataset.get("variable_length") else []
+    expected = trained.predict(one, *lengths)
+    empty = trained.predict(one[:0], *(part[:0] for part in lengths))
+    assert empty.shape == (0, *expected.shape[1:]) and empty.dtype == expected.dtype
+
+
+def test_evaluate_refuses_labels_outside_the_models_classes(cnn_run):
+    test = data.load_digits(seed=1).test
+    with pytest.raises(ValueError, match="labels go from 5 up to 14; the model has num_classes 10"):
+        zoo.load(cnn_run[0]).evaluate(test._replace(y=test.y + 5))
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    """A forecaster trained on a CSV of shuffled rows with gaps, its value column picked by the
+    loader (the only one besides --time-column); and the values in time order."""
+    pytest.importorskip("statsmodels")
+    tmp = tmp_path_factory.mktemp("csv")
+    values = np.round(50 + 30 * np.sin(np.arange(200) / 4) + np.arange(200) / 10, 3)
+    cells = [f"{v:.3f}" for v in values]
+    cells[60] = cells[190] = ""  # 190: in the window predict reads
+    rows = [f"{day},{cell}\n" for day, cell in enumerate(cells)]
+    order = np.random.default_rng(0).permutation(200)
+    (tmp / "shuffled.csv").write_text("day,load\n" + "".join(rows[i] for i in order))
+    (tmp / "sorted.csv").write_text("day,load\n" + "".join(rows))
+    out = tmp / "run"
+    code = _main("--model", "forecast", "--dataset", "csv",
+                 "--data-path", str(tmp / "shuffled.csv"), "--time-column", "day",
+                 "--missing", "interpolate", "--epochs", "1", "--quiet",
+                 "--out", str(out))  # fmt: skip
+    assert code == 0
+    values[[60, 190]] = (values[[59, 189]] + values[[61, 191]]) / 2  # as interpolated
+    return out, tmp, values
+
+
+def test_predict_reads_a_csv_in_time_order_as_its_run_read_its_own(csv_run, capsys):
+    out, tmp, values = csv_run
+    trained = zoo.load(out)
+    stats = trained.dataset["stats"]
+    assert stats["column"] == "load"  # picked by the loader, recorded for predict
+    x, _ = zoo.trained.read_inputs(trained, [str(tmp / "shuffled.csv")])
+    expected = (values[-24:] - stats["mean"]) / stats["std"]
+    np.testing.assert_allclose(x[0, :, 0], expected, rtol=1e-5, atol=1e-5)
+    files = [str(tmp / "shuffled.csv"), str(tmp / "sorted.csv")]
+    assert _main("predict", "--run", str(out), "--json", *files) == 0
+    shuffled, ordered = json.loads(capsys.readouterr().out)
+    assert shuffled["forecast"] == ordered["forecast"]
+    np.testing.assert_allclose(shuffled["forecast"], trained.predict(x)[0], rtol=1e-5)
+
+
+def test_evaluate_reads_a_csv_with_the_runs_options_and_statistics(csv_run, capsys, tmp_path):
+    out, tmp, values = csv_run
+    run_mse = json.loads((out / "metrics.json").read_text())["test_mse"]
+    args = ("evaluate", "--run", str(out), "--dataset", "csv")
+    assert _main(*args, "--data-path", str(tmp / "sorted.csv")) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["test_mse"] == pytest.approx(run_mse, rel=1e-5)
+    # Ten times larger: the file's own statistics would hide it; the run's do not.
+    rows = "".join(f"{day},{v * 10:.3f},0\n" for day, v in enumerate(values))
+    (tmp_path / "larger.csv").write_text("day,load,other\n" + rows)
+    assert _main(*args, "--data-path", str(tmp_path / "larger.csv"), "--missing", "error") == 0
+    assert json.loads(capsys.readouterr().out)["test_mse"] > 10 * run_mse
+    assert _main(*args, "--data-path", str(tmp_path / "larger.csv"), "--column", "other") == 0
+
+
+def test_evaluate_reads_an_image_folder_as_its_run_did_and_checks_its_classes(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from zoo.data.images import save_image_folder
+
+    digits = data.load_digits(seed=0).train
+    keep = digits.y < 2
+    x, y = digits.x[keep][:60], digits.y[keep][:60]
+    files = save_image_folder(tmp_path / "pets", x, y, ["bird", "cat"])
+    for name in files[::2]:  # half of them another size: --image-size makes them one
+        Image.open(name).resize((20, 20)).save(name)
+    out = tmp_path / "run"
+    code = _main("--model", "convnet", "--dataset", "images", "--data-path", str(tmp_path / "pets"),
+                 "--image-size", "28,28", "--epochs", "1", "--batch-size", "16", "--quiet",
+                 "--out", str(out))  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    args = ("evaluate", "--run", str(out), "--dataset", "images", "--data-path")
+    assert _main(*args, str(tmp_path / "pets")) == 0, capsys.readouterr().err
+    printed = json.loads(capsys.readouterr().out)
+    run_accuracy = json.loads((out / "metrics.json").read_text())["test_accuracy"]
+    assert printed["test_accuracy"] == run_accuracy
+    save_image_folder(tmp_path / "letters", x, y, ["x", "y"])
+    assert _main(*args, str(tmp_path / "letters")) == 2
+    error = capsys.readouterr().err
+    assert "has classes x, y; the run was trained on bird, cat" in error, error

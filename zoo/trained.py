@@ -32,7 +32,7 @@ from zoo.models.seq2seq import EOS, PAD
 from zoo.training.checkpoint import CHECKPOINTS, Checkpointer, CheckpointError
 from zoo.training.config import TrainConfig
 from zoo.training.metrics import evaluate
-from zoo.training.state import create_train_state, model_for
+from zoo.training.state import create_train_state, model_for, model_input_shape
 
 WHICH = ("best", "latest")
 
@@ -85,10 +85,15 @@ class Trained:
             rows = slice(start, start + batch_size)
             part = None if lengths is None else jnp.asarray(lengths[rows])
             outputs.append(np.asarray(_outputs(self.model, self.variables, x[rows], part)))
-        reconstructs = self.task in RECONSTRUCTION_TASKS
-        width = self.input_shape if reconstructs else (self.dataset["num_classes"],)
-        out = np.concatenate(outputs) if outputs else np.zeros((0, *width))
-        if reconstructs:
+        if not outputs:  # an empty batch: no rows of what one example's output is
+            one = jax.eval_shape(
+                functools.partial(_outputs, self.model, self.variables),
+                jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype),
+                None if lengths is None else jax.ShapeDtypeStruct((1,), jnp.int32),
+            )
+            outputs = [np.zeros((0, *one.shape[1:]), one.dtype)]
+        out = np.concatenate(outputs)
+        if self.task in RECONSTRUCTION_TASKS:
             return out
         if self.task == "regress":
             stats = self.dataset.get("stats") or {}
@@ -97,7 +102,13 @@ class Trained:
 
     def evaluate(self, split: Split, *, batch_size: int | None = None) -> dict[str, Any]:
         """The test metrics of the run's `metrics.json` (without the `test_` prefix) on `split`:
-        loss and accuracy, macro-F1 and the confusion matrix, or bpc, or mse."""
+        loss and accuracy, macro-F1 and the confusion matrix, or bpc, or mse.
+
+        Raises:
+          ValueError: when a classifier's labels are not in `0..num_classes - 1`.
+        """
+        if self.task == "classify":
+            _check_labels(np.asarray(split.y), self.dataset["num_classes"])
         x = self._checked(split.x[:1])
         state = create_train_state(self.model, self.config, jnp.asarray(x), self.task)
         state = state.replace(
@@ -226,17 +237,28 @@ class Trained:
                 f"{self.config.model} takes inputs of shape (batch, {', '.join(map(str, shape))})"
                 f", got {x.shape}"
             )
-        return x.astype(self.dataset.get("input_dtype", "float32"))
+        dtype = np.dtype(self.dataset.get("input_dtype", "float32"))
+        if np.issubdtype(dtype, np.floating) and not np.issubdtype(x.dtype, np.floating):
+            pixels = self.dataset.get("dataset") == "images" or x.dtype == np.uint8
+            how = (
+                "pixels in [0, 1], x.astype(np.float32) / 255"
+                if pixels
+                else "floats, scaled as its training inputs were"
+            )
+            raise ValueError(
+                f"{self.config.model} takes floating-point inputs, got {x.dtype}: give it {how}"
+            )
+        return x.astype(dtype)
 
 
 def read_inputs(
     trained: Trained, paths: list[str], *, column: str | None = None
 ) -> tuple[np.ndarray, list[str]]:
     """A batch for `trained.predict` from files, and a name for each of its rows: images
-    (resized to the model's input; a color image for a grayscale model, or the other way round,
-    is refused), `.npy` arrays (one example, or a batch), or for a forecaster CSV files whose
+    (resized and converted to the model's channels as an image folder's are read for training),
+    `.npy` arrays (one example, or a batch), or for a forecaster CSV files whose
     last `window` values of `column` are the input."""
-    from zoo.data import images, series
+    from zoo.data import images
 
     shape = trained.input_shape
     examples = []
@@ -244,26 +266,12 @@ def read_inputs(
         if path.lower().endswith(images.IMAGE_SUFFIXES):
             if len(shape) != 3:
                 raise ValueError(f"{path} is an image; {trained.config.model} takes {shape}")
-            channels, mode = images.image_channels(path)
-            if channels != shape[2]:
-                kinds = {1: "grayscale", 3: "color (RGB)"}
-                raise ValueError(
-                    f"{path} is a {kinds[channels]} image (mode {mode}); "
-                    f"{trained.config.model} was trained on {kinds.get(shape[2], shape[2])} "
-                    f"images: convert it first (Pillow: Image.open(f).convert("
-                    f"{'L' if shape[2] == 1 else 'RGB'!r}))"
-                )
             examples.append(images.read_image(path, shape)[None])
         elif path.endswith(".npy"):
             array = np.load(path, allow_pickle=False)
             examples.append(array[None] if array.shape == shape else array)
         elif path.endswith(".csv") and trained.task == "regress":
-            stats = trained.dataset["stats"]
-            values = series.load_csv_values(path, column=column or trained.config.column)
-            if len(values) < shape[0]:
-                raise ValueError(f"{path} has {len(values)} values; the model reads {shape[0]}")
-            window = (values[-shape[0] :] - stats["mean"]) / stats["std"]
-            examples.append(window.reshape(1, *shape))
+            examples.append(_csv_window(trained, path, column))
         else:
             raise ValueError(
                 f"cannot read {path}: give image files, .npy arrays"
@@ -276,6 +284,32 @@ def read_inputs(
         for i in range(len(rows))
     ]
     return np.concatenate(batch), names
+
+
+def _check_labels(labels: np.ndarray, num_classes: int) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"labels go from {labels.min()} up to {labels.max()}; the model has num_classes "
+            f"{num_classes}, so it scores labels 0..{num_classes - 1} only"
+        )
+
+
+def _csv_window(trained: Trained, path: str, column: str | None) -> np.ndarray:
+    """The last `window` values of a CSV file, read as the run read its own (its column, time
+    column and missing-value handling) and standardised with the run's statistics."""
+    from zoo.data import series
+
+    shape, stats, config = trained.input_shape, trained.dataset["stats"], trained.config
+    values = series.load_csv_values(
+        path,
+        column=column or stats.get("column") or config.column,
+        time_column=config.time_column,
+        missing=config.missing or "error",
+    )
+    if len(values) < shape[0]:
+        raise ValueError(f"{path} has {len(values)} values; the model reads {shape[0]}")
+    window = (values[-shape[0] :] - stats["mean"]) / stats["std"]
+    return window.reshape(1, *shape)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -310,12 +344,11 @@ def load(path: str | os.PathLike, *, which: str = "best") -> Trained:
         step = steps[-1] if step is None else step
         saved = checkpoints.read_meta(step)
         config = TrainConfig.from_dict(saved["config"])
-        model = model_for(
-            config,
-            described["num_classes"],
-            tuple(described["input_shape"]),
-            len(described["vocab"]) if described.get("vocab") else None,
+        input_shape = model_input_shape(
+            config.model, described["input_shape"], bool(described.get("variable_length"))
         )
+        vocab_size = len(described["vocab"]) if described.get("vocab") else None
+        model = model_for(config, described["num_classes"], input_shape, vocab_size)
         like = _like(model, config, described, saved.get("leaves", {}))
         tree, meta = checkpoints.restore(step, like)
     finally:

@@ -65,11 +65,37 @@ def test_a_csv_column_is_windowed_and_standardised_like_the_sunspots(tmp_path):
         np.testing.assert_array_equal(got.x, want.x)
         np.testing.assert_array_equal(got.y, want.y)
     train = values[: 120 - 2 * 18]
-    assert dataset.stats == pytest.approx({"mean": train.mean(), "std": train.std()})
-    # The only column besides the time column needs no --column.
-    np.testing.assert_array_equal(
-        load_csv_series(path, time_column="year", window=6).train.x, dataset.train.x
+    stats = {"mean": train.mean(), "std": train.std()}
+    assert dataset.stats == pytest.approx(stats | {"column": "value"})
+    # The only column besides the time column needs no --column; the stats name it.
+    picked = load_csv_series(path, time_column="year", window=6)
+    np.testing.assert_array_equal(picked.train.x, dataset.train.x)
+    assert picked.stats["column"] == "value"
+
+
+def test_given_stats_standardise_instead_of_the_training_part(tmp_path):
+    values = np.arange(100, dtype=np.float32)
+    dataset = load_csv_series(
+        _ramp_csv(tmp_path, values), column="value", window=4, stats={"mean": 10, "std": 2}
     )
+    assert dataset.stats == {"mean": 10.0, "std": 2.0, "column": "value"}
+    np.testing.assert_allclose(dataset.test.y[-1], [(99 - 10) / 2])
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        [1, 2, 3, 9, 10, 11, 20, 100, 0.5, -4],
+        [f"2024-{m:02d}-{d:02d}" for m in (1, 2, 11) for d in (1, 9, 10)] + ["2023-12-31"],
+    ],
+)
+def test_numbers_sort_as_numbers_and_one_form_of_text_as_written(tmp_path, times):
+    shuffled = np.random.default_rng(1).permutation(len(times))
+    rows = "".join(f"{times[i]},{i}\n" for i in shuffled)
+    path = _csv(tmp_path, "t,v\n" + rows)
+    got = series.load_csv_values(path, time_column="t")
+    ranks = sorted(range(len(times)), key=times.__getitem__)  # numbers, or strings
+    np.testing.assert_array_equal(got, ranks)
 
 
 def test_rows_are_sorted_by_the_time_column(tmp_path):
@@ -89,14 +115,12 @@ def test_rows_are_sorted_by_the_time_column(tmp_path):
         ("drop", [1, 2, 4, 5, 6, 7]),
     ],
 )
-def test_missing_values_are_filled_as_asked(tmp_path, monkeypatch, missing, expected):
+def test_missing_values_are_filled_as_asked(tmp_path, missing, expected):
     path = _ramp_csv(tmp_path, ["", "1", "2", "NaN", "4", "5", "6", "", "7"])
-    filled = {}
-    monkeypatch.setattr(series, "load_series", lambda values, **_: filled.update(values=values))
-    load_csv_series(path, missing=missing, time_column="year")
+    filled = series.load_csv_values(path, missing=missing, time_column="year")
     if missing == "interpolate":  # the leading gap takes the nearest value
         expected = [1, *expected]
-    np.testing.assert_allclose(filled["values"], expected)
+    np.testing.assert_allclose(filled, expected)
 
 
 @pytest.mark.parametrize(
@@ -109,6 +133,19 @@ def test_missing_values_are_filled_as_asked(tmp_path, monkeypatch, missing, expe
         ("t,v\n1,2\n2\n", {"column": "v"}, "line 3 has 1 cells; the header has 2"),
         ("t,v\n1,2\n1,3\n", {"column": "v", "time_column": "t"}, "lines 2 and 3 have the same"),
         ("t,v\n1,2\n", {"column": "v", "time_column": "x"}, "time_column 'x' is not in"),
+        ("t,v\n1,1\n2,2\n10,3\n,4\n", {"time_column": "t"}, "line 5 column 't': the time is"),
+        ("t,v\n1,1\nNA,2\n", {"time_column": "t"}, "line 3 column 't': the time is missing"),
+        (
+            "t,v\n1,1\n2,2\nMay,3\n10,4\n",
+            {"time_column": "t"},
+            r"line 4 column 't': 'May' is not a number, as the times before it are \(line 2",
+        ),
+        (
+            "t,v\n2024-01-02,1\n2024-01-03,2\n2024-1-4,3\n",
+            {"time_column": "t"},
+            r"line 4 column 't': '2024-1-4' does not have the form of line 2's '2024-01-02'",
+        ),
+        ("t,v\nx,1\n7,2\n", {"time_column": "t"}, "line 3 column 't': '7' does not have the form"),
         ("", {}, "is empty"),
         ("t,v\n", {}, "a header and no rows"),
         ("t,v\n1,2\n2,3\n", {"column": "v"}, "fewer than window 24"),

@@ -11,6 +11,7 @@ import csv
 import importlib.util
 import math
 import os
+import re
 
 import numpy as np
 
@@ -41,9 +42,11 @@ def load_series(
     validation: float = 0.15,
     test: float = 0.15,
     values: np.ndarray | None = None,
+    stats: dict[str, float] | None = None,
 ) -> Dataset:
     """Sliding windows `x (N, window, 1)` and targets `y (N, horizon)` of the sunspots (or of
-    `values`), standardised by the training part's `stats` `mean` and `std`."""
+    `values`), standardised by the training part's `stats` `mean` and `std`, or by those of
+    `stats` (a trained run's, to evaluate it on new values)."""
     values = sunspots() if values is None else np.asarray(values, np.float32)
     n_train, n_val, _ = split_sizes(len(values), validation=validation, test=test)
     if n_train < window + horizon:
@@ -52,7 +55,7 @@ def load_series(
             f"{window} + horizon {horizon}"
         )
     train_end, val_end = n_train, n_train + n_val
-    mean, std = float(values[:train_end].mean()), float(values[:train_end].std())
+    mean, std = _mean_std(values[:train_end], stats)
     if std == 0:
         raise DataError(f"the training part of the series is constant ({mean}): nothing to learn")
     scaled = (values - mean) / std
@@ -62,6 +65,12 @@ def load_series(
         for start, end in ((0, train_end), (train_end, val_end), (val_end, len(values)))
     ]
     return Dataset(*splits, num_classes=horizon, task="regress", stats={"mean": mean, "std": std})
+
+
+def _mean_std(train: np.ndarray, stats: dict[str, float] | None) -> tuple[float, float]:
+    if stats is not None:
+        return float(stats["mean"]), float(stats["std"])
+    return float(train.mean()), float(train.std())
 
 
 def load_csv_series(
@@ -76,18 +85,23 @@ def load_csv_series(
 
     Args:
       column: the column to forecast; None: the file's only column besides `time_column`.
-      time_column: rows are sorted by this column (numbers, or text such as ISO dates, which sort
-        as written); two rows at one time are an error. None: the file's order.
+      time_column: rows are sorted by this column: numbers numerically, or text of one
+        fixed-width form, such as ISO dates, as written. An empty time, a mix of numbers and text,
+        a text of another form than the first row's, or two rows at one time are errors that name
+        the line. None: the file's order.
       missing: what empty or NaN cells do: 'error' (names the first one's line), 'interpolate'
         (linearly between neighbours, the nearest value at the ends), 'ffill' (the last value
         before; leading gaps are dropped) or 'drop' (the rows go).
-      **options: `window`, `horizon`, `validation`, `test` as for `load_series`.
+      **options: `window`, `horizon`, `validation`, `test`, `stats` as for `load_series`.
+
+    The dataset's `stats` also name the `column` read, which a trained run reads of new files.
     """
-    values = load_csv_values(path, column=column, time_column=time_column, missing=missing)
+    values, column = _read_column(os.fspath(path), column, time_column, missing)
     try:
-        return load_series(values=values, **options)
+        dataset = load_series(values=values, **options)
     except DataError as error:
         raise DataError(f"{os.fspath(path)}: {error}") from None
+    return dataset._replace(stats={**dataset.stats, "column": column})
 
 
 def load_csv_values(
@@ -98,7 +112,13 @@ def load_csv_values(
     missing: str = "error",
 ) -> np.ndarray:
     """The `(N,)` float32 values of one CSV column, sorted and filled as `load_csv_series` says."""
-    path = os.fspath(path)
+    return _read_column(os.fspath(path), column, time_column, missing)[0]
+
+
+def _read_column(
+    path: str, column: str | None, time_column: str | None, missing: str
+) -> tuple[np.ndarray, str]:
+    """`load_csv_values`, and the name of the column it read."""
     if missing not in MISSING:
         raise DataError(f"missing must be one of {', '.join(MISSING)}, got {missing!r}")
     header, rows = _read_csv(path)
@@ -109,9 +129,10 @@ def load_csv_values(
     if time_column is not None:
         if time_column not in header:
             raise DataError(_no_column(path, "time_column", time_column, header))
-        order = _time_order(path, lines, [row[header.index(time_column)] for _, row in rows])
+        times = [row[header.index(time_column)] for _, row in rows]
+        order = _time_order(path, lines, times, time_column)
         values, lines = values[order], [lines[i] for i in order]
-    return _fill(path, values, lines, column, missing)
+    return _fill(path, values, lines, column, missing), column
 
 
 def _read_csv(path: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -168,11 +189,10 @@ def _number(path: str, line: int, column: str, cell: str) -> float:
     return value
 
 
-def _time_order(path: str, lines: list[int], times: list[str]) -> np.ndarray:
-    try:
-        keys: list = [float(t) for t in times]
-    except ValueError:
-        keys = [t.strip() for t in times]
+def _time_order(path: str, lines: list[int], times: list[str], column: str) -> np.ndarray:
+    """The order of the rows by their times: numbers numerically, or text (such as ISO dates)
+    as written, when every time has the form of the first row's."""
+    keys = _time_keys(path, lines, [t.strip() for t in times], column)
     order = sorted(range(len(keys)), key=keys.__getitem__)
     for a, b in zip(order, order[1:], strict=False):
         if keys[a] == keys[b]:
@@ -180,6 +200,44 @@ def _time_order(path: str, lines: list[int], times: list[str]) -> np.ndarray:
                 f"{path} lines {lines[a]} and {lines[b]} have the same time {times[a]!r}"
             )
     return np.array(order)
+
+
+def _time_keys(path: str, lines: list[int], times: list[str], column: str) -> list:
+    """Sort keys of `times`: floats when the first is a number, else the texts themselves."""
+    for line, time in zip(lines, times, strict=True):
+        if time.lower() in _MISSING_CELLS:
+            raise DataError(f"{path} line {line} column {column!r}: the time is missing")
+    numbers = [_finite(time) for time in times]
+    if numbers[0] is not None:
+        for line, time, number in zip(lines, times, numbers, strict=True):
+            if number is None:
+                raise DataError(
+                    f"{path} line {line} column {column!r}: {time!r} is not a number, as the "
+                    f"times before it are (line {lines[0]}: {times[0]!r})"
+                )
+        return numbers
+    form = _form(times[0])
+    for line, time in zip(lines, times, strict=True):
+        if _form(time) != form:
+            raise DataError(
+                f"{path} line {line} column {column!r}: {time!r} does not have the form of line "
+                f"{lines[0]}'s {times[0]!r}; times that are not numbers sort as text, so they "
+                "need one fixed-width form, such as ISO dates 2024-01-31"
+            )
+    return times
+
+
+def _finite(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _form(time: str) -> str:
+    """`time` with every digit a 0: texts of one form sort by the numbers in them."""
+    return re.sub(r"[0-9]", "0", time)
 
 
 def _fill(path: str, values: np.ndarray, lines: list[int], column: str, missing: str) -> np.ndarray:

@@ -119,13 +119,22 @@ def create_train_state(
 
 
 def build_model(config: TrainConfig, dataset: Dataset) -> nn.Module:
-    """`model_for(config, ...)` shaped for `dataset`; bucketed batches are cut to their
-    longest sequence, so then the time axis is left open."""
+    """`model_for(config, ...)` shaped for `dataset`."""
     vocab_size = len(dataset.vocab) if dataset.vocab else None
-    input_shape = tuple(dataset.input_shape)
-    if config.bucket_by_length:
-        input_shape = (None, *input_shape[1:])
+    variable_length = dataset.train.lengths is not None
+    input_shape = model_input_shape(config.model, dataset.input_shape, variable_length)
     return model_for(config, dataset.num_classes, input_shape, vocab_size)
+
+
+def model_input_shape(
+    model: str, input_shape: tuple[int, ...], variable_length: bool
+) -> tuple[int | None, ...]:
+    """The input shape `model` is built for from its data's: a model that reads sequences of
+    different lengths (with their `lengths`) leaves the time axis open, so it takes any length
+    (bucketed batches, a longer sequence to predict, an export with a symbolic length)."""
+    if variable_length and models.takes_lengths(model):
+        return (None, *tuple(input_shape)[1:])
+    return tuple(input_shape)
 
 
 def model_for(
