@@ -20,11 +20,12 @@ import zoo
 from zoo import data, models, runtime
 from zoo.data import MISSING, RECONSTRUCTION_TASKS
 from zoo.runtime import reuse_freed_memory
-from zoo.trained import WHICH, Trained, read_inputs
+from zoo.trained import WHICH, read_inputs
 from zoo.training import ConfigError, TrainConfig, train_and_evaluate
 from zoo.training.checkpoint import CHECKPOINTS, CheckpointError, saved_config
 from zoo.training.config import (
     AUGMENTATIONS,
+    DATA_FIELDS,
     DTYPES,
     MONITORS,
     OPTIMIZERS,
@@ -32,7 +33,7 @@ from zoo.training.config import (
     REGULARIZE,
     SCHEDULES,
 )
-from zoo.training.loop import NonFiniteError, Preempted, load_dataset
+from zoo.training.loop import NonFiniteError, Preempted
 from zoo.training.parallel import (
     PARALLEL,
     SPLIT_WIDTH,
@@ -528,8 +529,6 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 USE_COMMANDS = ("predict", "evaluate", "export")
-# How a dataset is read (`TrainConfig.data_options`): evaluate takes the run's, or these flags.
-_DATA_FIELDS = ("image_size", "channels", "skip_bad_files", "column", "time_column", "missing")
 
 
 def parse_use_args(argv: list[str]) -> argparse.Namespace:
@@ -564,7 +563,7 @@ def parse_use_args(argv: list[str]) -> argparse.Namespace:
         )
         parser.add_argument("--data-path", metavar="PATH", help="its file or folder")
         for field, flag, options in _CONFIG_FLAGS:
-            if field in _DATA_FIELDS:
+            if field in DATA_FIELDS:
                 text = options["help"] + " (default: the run's, on a dataset of its kind)"
                 parser.add_argument(flag, dest=field, **{**options, "help": text})
     args = parser.parse_args(argv[1:])
@@ -572,52 +571,11 @@ def parse_use_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _evaluation_config(trained: Trained, args: argparse.Namespace) -> TrainConfig:
-    """The run's config reading what evaluate is asked to: `--dataset` and `--data-path` (the
-    run's by default), with the run's own data options when the dataset is of the run's kind,
-    and the data flags given on top."""
-    config = trained.config
-    given = {field: getattr(args, field) for field in _DATA_FIELDS}
-    given = {field: value for field, value in given.items() if value is not None}
-    dataset = args.dataset or config.dataset
-    same = dataset == config.dataset
-    if same and args.data_path is None and not given:
-        return config
-    path = config.data_path if same and args.data_path is None else args.data_path
-    kept = _run_data_options(trained) if same else {}
-    options = dict.fromkeys(_DATA_FIELDS) | kept | given
-    return TrainConfig.from_dict(
-        {**config.to_dict(), **options, "dataset": dataset, "data_path": path}
-    )
-
-
-def _run_data_options(trained: Trained) -> dict:
-    """How the run read its data, the CSV column it picked itself included."""
-    options = trained.config.data_options()
-    column = (trained.dataset.get("stats") or {}).get("column")
-    if trained.config.dataset == "csv" and column is not None:
-        options["column"] = column
-    return options
-
-
-def _evaluation_data(trained: Trained, config: TrainConfig, run_dir: str) -> data.Dataset:
-    """`config`'s dataset, a CSV standardised with the run's statistics; a dataset whose class
-    names are not the run's is refused."""
-    stats = trained.dataset.get("stats") or {}
-    if config.dataset == "csv" and "mean" in stats:
-        options = config.data_options()
-        data.check_source("csv", config.data_path, **options)
-        return data.load_csv_series(config.data_path, **options, stats=stats)
-    dataset = load_dataset(config, run_dir, log=lambda line: None)
-    names = dataset.class_names
-    if dataset.task == "classify" and names is not None:
-        ours = trained.class_names or tuple(str(i) for i in range(trained.dataset["num_classes"]))
-        if tuple(names) != ours:
-            raise ConfigError(
-                f"{config.data_path or config.dataset} has classes {', '.join(names)}; the run "
-                f"was trained on {', '.join(ours)}: evaluate it on data of the same classes"
-            )
-    return dataset
+def _data_flags(args: argparse.Namespace) -> dict:
+    """The data flags given to evaluate."""
+    return {
+        field: getattr(args, field) for field in DATA_FIELDS if getattr(args, field) is not None
+    }
 
 
 def _use_main(args: argparse.Namespace) -> int:
@@ -632,7 +590,10 @@ def _use_main(args: argparse.Namespace) -> int:
               f"jax.export.deserialize(open(FILE, 'rb').read()).call({call})")  # fmt: skip
         return 0
     if args.command == "evaluate":
-        dataset = _evaluation_data(trained, _evaluation_config(trained, args), args.run)
+        dataset = trained.read_data(
+            args.dataset, args.data_path, workdir=args.run,
+            **_data_flags(args),
+        )  # fmt: skip
         metrics = trained.evaluate(dataset.test)
         metrics.pop("confusion_matrix", None)
         print(json.dumps({f"test_{k}": v for k, v in metrics.items()}))

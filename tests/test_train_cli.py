@@ -278,16 +278,17 @@ def test_help_groups_every_flag_with_its_default_and_lists_the_commands(capsys):
 def _evaluation_config(*args: str):
     """The config `train.py evaluate --run RUN ARGS` reads its data with, for a forecaster
     trained on a CSV whose column it picked itself."""
-    from types import SimpleNamespace
-
+    from zoo.trained import Trained
     from zoo.training import TrainConfig
 
     train = train_module()
     config = TrainConfig.for_model(
         "forecast", dataset="csv", data_path="a.csv", time_column="day", missing="ffill"
     )
-    run = SimpleNamespace(config=config, dataset={"stats": {"mean": 0, "std": 1, "column": "v"}})
-    return train._evaluation_config(run, train.parse_use_args(["evaluate", "--run", "R", *args]))
+    described = {"stats": {"mean": 0, "std": 1, "column": "v"}}
+    run = Trained(model=None, variables={}, config=config, dataset=described, step=0, which="best")
+    parsed = train.parse_use_args(["evaluate", "--run", "R", *args])
+    return run.data_config(parsed.dataset, parsed.data_path, **train._data_flags(parsed))
 
 
 def test_evaluate_reads_new_data_with_the_runs_options_and_flags_on_top():

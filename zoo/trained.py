@@ -24,13 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo import models
-from zoo.data import RECONSTRUCTION_TASKS
+from zoo import data, models
+from zoo.data import RECONSTRUCTION_TASKS, Dataset
 from zoo.data import text as text_lib
 from zoo.data.splits import Split
 from zoo.models.seq2seq import EOS, PAD
 from zoo.training.checkpoint import CHECKPOINTS, Checkpointer, CheckpointError
-from zoo.training.config import TrainConfig
+from zoo.training.config import DATA_FIELDS, TrainConfig
 from zoo.training.metrics import evaluate
 from zoo.training.state import create_train_state, model_for, model_input_shape
 
@@ -117,6 +117,63 @@ class Trained:
         return evaluate(
             state, split, batch_size or self.config.batch_size, self.dataset["num_classes"]
         )
+
+    def data_config(
+        self, dataset: str | None = None, data_path: str | None = None, **data_options: Any
+    ) -> TrainConfig:
+        """The run's config reading `dataset` from `data_path` (the run's own by default): with
+        the run's data options (`TrainConfig.data_options`, and the CSV column it picked itself)
+        when the dataset is of the run's kind, and `data_options` on top."""
+        config = self.config
+        dataset = dataset or config.dataset
+        same = dataset == config.dataset
+        if same and data_path is None and not data_options:
+            return config
+        path = config.data_path if same and data_path is None else data_path
+        kept = self._data_options() if same else {}
+        options = dict.fromkeys(DATA_FIELDS) | kept | data_options
+        return TrainConfig.from_dict(
+            {**config.to_dict(), **options, "dataset": dataset, "data_path": path}
+        )
+
+    def read_data(
+        self,
+        dataset: str | None = None,
+        data_path: str | None = None,
+        *,
+        workdir: str | None = None,
+        **data_options: Any,
+    ) -> Dataset:
+        """A dataset read as the run read its own (`data_config`), for `evaluate`: a CSV
+        standardised with the run's statistics, not the file's; an image folder's pixels cached in
+        `workdir/cache`. A classification dataset whose class names are not the run's is
+        refused."""
+        from zoo.training.loop import load_dataset  # it builds on this module
+
+        config = self.data_config(dataset, data_path, **data_options)
+        stats = self.dataset.get("stats") or {}
+        if config.dataset == "csv" and "mean" in stats:
+            options = config.data_options()
+            data.check_source("csv", config.data_path, **options)
+            return data.load_csv_series(config.data_path, **options, stats=stats)
+        read = load_dataset(config, workdir, log=lambda line: None)
+        names = read.class_names
+        if read.task == "classify" and names is not None:
+            ours = self.class_names or tuple(str(i) for i in range(self.dataset["num_classes"]))
+            if tuple(names) != ours:
+                raise ValueError(
+                    f"{config.data_path or config.dataset} has classes {', '.join(names)}; the "
+                    f"run was trained on {', '.join(ours)}: evaluate it on data of the same classes"
+                )
+        return read
+
+    def _data_options(self) -> dict[str, Any]:
+        """How the run read its data, the CSV column it picked itself included."""
+        options = self.config.data_options()
+        column = (self.dataset.get("stats") or {}).get("column")
+        if self.config.dataset == "csv" and column is not None:
+            options["column"] = column
+        return options
 
     def export(self, platforms: tuple[str, ...] = ("cpu", "cuda")) -> bytes:
         """The inference function `x -> model outputs` (logits, a forecaster's standardised

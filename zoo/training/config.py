@@ -16,6 +16,8 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential")
 # one cannot be extended to more epochs and match a run trained for those from the start.
 RUN_LENGTH_SCHEDULES = ("cosine", "warmup_cosine")
 REGULARIZE = ("kernels", "all")
+# How a dataset is read (`zoo.data.load`'s keyword options): the config fields that say it.
+DATA_FIELDS = ("image_size", "channels", "skip_bad_files", "column", "time_column", "missing")
 DTYPES = ("float32", "bfloat16", "float16")  # of the computation; params stay float32
 # Validation metrics early stopping and search can watch; False: lower is better.
 MONITORS = {
@@ -303,16 +305,7 @@ class TrainConfig:
     def data_options(self) -> dict[str, Any]:
         """The dataset's own options that were given (`zoo.data.load`'s keyword options)."""
         return {
-            name: getattr(self, name)
-            for name in (
-                "image_size",
-                "channels",
-                "skip_bad_files",
-                "column",
-                "time_column",
-                "missing",
-            )
-            if getattr(self, name) is not None
+            name: getattr(self, name) for name in DATA_FIELDS if getattr(self, name) is not None
         }
 
     @property

@@ -213,12 +213,13 @@ def train_and_evaluate(
         )
 
 
-def load_dataset(config: TrainConfig, workdir: str, log: Callable[[str], None]) -> Dataset:
+def load_dataset(config: TrainConfig, workdir: str | None, log: Callable[[str], None]) -> Dataset:
     """`config.dataset` read with its options; an image folder caches its decoded pixels in
-    `workdir/cache`."""
+    `workdir/cache` (with no `workdir`, nowhere)."""
     options = config.data_options()
     if config.dataset == "images":
-        options |= {"cache_dir": os.path.join(workdir, "cache"), "log": log}
+        cache_dir = None if workdir is None else os.path.join(workdir, "cache")
+        options |= {"cache_dir": cache_dir, "log": log}
         if jax.process_count() > 1:  # each process checks its share of the files at load
             options |= {"shard": (jax.process_index(), jax.process_count()), "combine": _summed}
     return data.load(
