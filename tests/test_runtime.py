@@ -108,9 +108,10 @@ def test_steps_run_inline_reuse_their_freed_buffers():
     took, faults, asynchronous, again = run_step("inline")
     assert took == "True" and asynchronous == "False"
     assert again == "False"  # the backends have started: too late to change
-    # Not faulted in again on every call (queued for a worker thread: about `pages` a call). The
-    # heap still grows now and then (up to 2 x `pages` seen in 5 calls), so 20 calls are counted.
-    assert int(faults) <= 4 * pages
+    # Not faulted in again on every call (queued for a worker thread: about `pages` a call, 20.8
+    # x `pages` in 20 calls). The heap still grows now and then, more on a loaded machine (4.2 x
+    # `pages` in 20 calls in one CI run, 2.1 in 5 calls in another), hence 8 for 20 calls.
+    assert int(faults) <= 8 * pages
 
 
 def test_run_steps_inline_leaves_the_users_choice():
