@@ -356,12 +356,12 @@ def _csv_window(trained: Trained, path: str, column: str | None) -> np.ndarray:
     column and missing-value handling) and standardised with the run's statistics."""
     from zoo.data import series
 
-    shape, stats, config = trained.input_shape, trained.dataset["stats"], trained.config
+    shape, stats, read = trained.input_shape, trained.dataset["stats"], trained._data_options()
     values = series.load_csv_values(
         path,
-        column=column or stats.get("column") or config.column,
-        time_column=config.time_column,
-        missing=config.missing or "error",
+        column=column or read.get("column"),
+        time_column=read.get("time_column"),
+        missing=read.get("missing", "error"),
     )
     if len(values) < shape[0]:
         raise ValueError(f"{path} has {len(values)} values; the model reads {shape[0]}")

@@ -413,19 +413,10 @@ def test_train_py_splits_a_recurrent_model_over_the_cores_with_one_devices_resul
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if cores < 2:
         pytest.skip("one core: auto makes one device")
-    plain = os.environ | {"JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    plain.pop("XLA_FLAGS", None)
     results = {}
     for name, flags in {"auto": [], "one": ["--cpu-devices", "1"]}.items():
         out = tmp_path / name
-        process = subprocess.run(
-            [sys.executable, *cli(*RECURRENT_RUN, *flags, "--out", str(out))],
-            cwd=ROOT,
-            env=plain,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
+        process = _train_py_plainly(*cli(*RECURRENT_RUN, *flags, "--out", str(out)))
         assert process.returncode == 0, process.stderr[-2000:]
         results[name] = json.loads((out / "metrics.json").read_text())
     expected = max(n for n in range(1, cores + 1) if 48 % n == 0)
@@ -437,17 +428,8 @@ def test_train_py_splits_a_recurrent_model_over_the_cores_with_one_devices_resul
 @pytest.mark.slow
 def test_train_py_keeps_a_wide_recurrent_model_on_one_device_and_says_why(tmp_path):
     width = parallel_lib.SPLIT_WIDTH + 4
-    plain = os.environ | {"JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    plain.pop("XLA_FLAGS", None)
     flags = ["--model", "lstm", "--model-option", f"hidden_sizes=({width},)", "--epochs", "1"]
-    process = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *flags, "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=plain,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    process = _train_py_plainly(str(ROOT / "train.py"), *flags, "--out", str(tmp_path))
     assert process.returncode == 0, process.stderr[-2000:]
     assert f"devices: 1 x cpu ({width}-wide layers use every core already" in process.stdout
     assert len(json.loads((tmp_path / "metrics.json").read_text())["devices"]) == 1
@@ -464,3 +446,13 @@ def test_a_bad_cpu_device_count_is_refused(value):
     )
     assert process.returncode == 2
     assert f"--cpu-devices: expected auto or a count of at least 1, got {value!r}" in process.stderr
+
+
+def _train_py_plainly(*args: str) -> subprocess.CompletedProcess:
+    """`python ARGS` (train.py and its flags) as a user runs it: CPU only, no XLA_FLAGS, so the
+    device count is train.py's own choice."""
+    plain = os.environ | {"JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    plain.pop("XLA_FLAGS", None)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=plain, capture_output=True, text=True, timeout=240
+    )
